@@ -1,0 +1,191 @@
+//! The stored form of a session: a versioned envelope.
+//!
+//! ```text
+//! [0]      format byte (1)
+//! [1..9]   version, u64 big-endian
+//! [9..17]  created_at, i64 big-endian Unix milliseconds
+//! [17..25] expires_at, i64 big-endian Unix milliseconds
+//! [25..]   bincode 2 body: data and flash maps
+//! ```
+//!
+//! The fixed header lets a backend read or patch the version and expiry
+//! without decoding the body (the Redis store's compare-and-set script does).
+//! An unknown format byte is [`Error::Decode`], so the format can evolve
+//! without breaking stored sessions.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::id::SessionId;
+use crate::session::Session;
+
+/// The only format written today.
+pub const FORMAT_V1: u8 = 1;
+/// Length of the fixed header before the body.
+pub const HEADER_LEN: usize = 25;
+/// Byte range of the big-endian version in the header.
+pub const VERSION_RANGE: std::ops::Range<usize> = 1..9;
+/// Byte range of the big-endian expiry in the header.
+pub const EXPIRES_AT_RANGE: std::ops::Range<usize> = 17..25;
+
+/// A body larger than this is refused as corrupt rather than allocated.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(bincode::Encode, bincode::Decode)]
+struct BodyV1 {
+    data: BTreeMap<String, Vec<u8>>,
+    flash: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(bincode::Encode)]
+struct BodyV1Ref<'a> {
+    data: &'a BTreeMap<String, Vec<u8>>,
+    flash: &'a BTreeMap<String, Vec<u8>>,
+}
+
+/// Encodes `session` with `version` in the header (which may differ from
+/// `session.version()`: `update` writes the next version).
+pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    out.push(FORMAT_V1);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&session.created_at_millis().to_be_bytes());
+    out.extend_from_slice(&session.expires_at_millis().to_be_bytes());
+    let body = BodyV1Ref {
+        data: session.data(),
+        flash: session.flash(),
+    };
+    bincode::encode_into_std_write(&body, &mut out, bincode::config::standard()).map_err(|e| {
+        Error::Encode {
+            key: "record".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(out)
+}
+
+/// Decodes a record stored under `id`. `origin` names where the bytes came
+/// from (a key, a row, a file) for the error message.
+pub fn decode(id: SessionId, bytes: &[u8], origin: &str) -> Result<Session> {
+    let header = header(bytes, origin)?;
+    let config = bincode::config::standard().with_limit::<MAX_BODY>();
+    let (body, read): (BodyV1, usize) = bincode::decode_from_slice(&bytes[HEADER_LEN..], config)
+        .map_err(|e| Error::decode(origin, e))?;
+    if HEADER_LEN + read != bytes.len() {
+        return Err(Error::decode(origin, "trailing bytes after the record"));
+    }
+    Ok(Session::from_parts(
+        id,
+        body.data,
+        body.flash,
+        header.created_at_ms,
+        header.expires_at_ms,
+        header.version,
+    ))
+}
+
+/// The fixed header of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Stored version.
+    pub version: u64,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Expiry, Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// Reads only the header of a record.
+pub fn header(bytes: &[u8], origin: &str) -> Result<Header> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Error::decode(
+            origin,
+            format!("record of {} bytes is shorter than its header", bytes.len()),
+        ));
+    }
+    if bytes[0] != FORMAT_V1 {
+        return Err(Error::decode(
+            origin,
+            format!("unknown record format {}", bytes[0]),
+        ));
+    }
+    let be8 = |range: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[range]);
+        b
+    };
+    Ok(Header {
+        version: u64::from_be_bytes(be8(VERSION_RANGE)),
+        created_at_ms: i64::from_be_bytes(be8(9..17)),
+        expires_at_ms: i64::from_be_bytes(be8(EXPIRES_AT_RANGE)),
+    })
+}
+
+/// Rewrites the expiry in an encoded record, leaving everything else alone.
+pub fn patch_expires_at(bytes: &mut [u8], expires_at_ms: i64, origin: &str) -> Result<()> {
+    header(bytes, origin)?;
+    bytes[EXPIRES_AT_RANGE].copy_from_slice(&expires_at_ms.to_be_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::SessionToken;
+    use std::time::Duration;
+
+    fn sample() -> Session {
+        let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+        s.insert("user", "ada").unwrap();
+        s.flash_mut().insert("msg".into(), vec![1, 2, 3]);
+        s
+    }
+
+    #[test]
+    fn round_trip_keeps_everything_and_takes_the_given_version() {
+        let s = sample();
+        let bytes = encode(&s, 7).unwrap();
+        let back = decode(s.id(), &bytes, "test").unwrap();
+        assert_eq!(back.version(), 7);
+        assert_eq!(back.data(), s.data());
+        assert_eq!(back.flash(), s.flash());
+        assert_eq!(back.expires_at_millis(), s.expires_at_millis());
+        assert_eq!(back.created_at_millis(), s.created_at_millis());
+    }
+
+    #[test]
+    fn corrupt_records_are_decode_errors() {
+        let s = sample();
+        let good = encode(&s, 1).unwrap();
+        let mut unknown = good.clone();
+        unknown[0] = 9;
+        let mut huge_len = good[..HEADER_LEN].to_vec();
+        huge_len.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0x7f]);
+        let mut trailing = good.clone();
+        trailing.push(0);
+        for bad in [
+            vec![],
+            vec![1, 2, 3],
+            unknown,
+            huge_len,
+            trailing,
+            good[..good.len() - 1].to_vec(),
+        ] {
+            assert!(
+                matches!(decode(s.id(), &bad, "k"), Err(Error::Decode { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn patching_expiry_changes_only_expiry() {
+        let s = sample();
+        let mut bytes = encode(&s, 3).unwrap();
+        patch_expires_at(&mut bytes, 1234, "t").unwrap();
+        let back = decode(s.id(), &bytes, "t").unwrap();
+        assert_eq!(back.expires_at_millis(), 1234);
+        assert_eq!(back.version(), 3);
+        assert_eq!(back.data(), s.data());
+    }
+}

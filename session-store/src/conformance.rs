@@ -1,0 +1,420 @@
+//! The conformance suite: one set of cases every [`SessionInterface`] store
+//! must pass (feature `conformance`).
+//!
+//! Run it against your own store from your own tests:
+//!
+//! ```ignore
+//! // tests/conformance.rs of your store crate; dev-dependencies:
+//! // session-store = { version = "0.1", features = ["conformance"] }, tokio
+//! use std::sync::Arc;
+//! use session_store::conformance::{factory, conformance_tests};
+//!
+//! conformance_tests!(factory(|| async {
+//!     Some(Arc::new(MyStore::new()) as Arc<dyn session_store::SessionInterface>)
+//! }));
+//! ```
+//!
+//! The macro expands into one `#[tokio::test]` per case, so each case shows
+//! by name in `cargo test` output. The factory must give every call a fresh
+//! store in its own namespace (prefix, table, directory): cases run in
+//! parallel, and some make two stores to check that namespaces stay apart.
+//! A factory may return `None` to skip (say, a server that is unreachable
+//! outside CI); it should print why.
+//!
+//! [`run_all`] runs every case in one go and reports which failed: the
+//! suite's own tests use it to prove that broken stores fail.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::id::SessionId;
+use crate::session::{now_millis, unix_millis, Session};
+use crate::store::{SessionInterface, UpdateOutcome};
+
+pub mod cases;
+
+pub use crate::conformance_tests;
+
+/// Gives each conformance case fresh, isolated stores.
+#[async_trait]
+pub trait StoreFactory: Send + Sync + 'static {
+    /// A fresh, empty store in a namespace of its own; `None` skips the case.
+    async fn make(&self) -> Option<Arc<dyn SessionInterface>>;
+
+    /// Called after each case with every store it made, to release what
+    /// they hold (drop a table, remove a directory). The default clears it.
+    async fn cleanup(&self, store: Arc<dyn SessionInterface>) {
+        if let Err(e) = store.clear().await {
+            eprintln!("conformance cleanup failed: {e}");
+        }
+    }
+}
+
+/// A [`StoreFactory`] from an async closure (see [`factory`]).
+pub struct FnFactory<F>(F);
+
+/// Wraps an async closure returning `Option<Arc<dyn SessionInterface>>` as a
+/// [`StoreFactory`].
+pub fn factory<F, Fut>(make: F) -> FnFactory<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Arc<dyn SessionInterface>>> + Send,
+{
+    FnFactory(make)
+}
+
+#[async_trait]
+impl<F, Fut> StoreFactory for FnFactory<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Arc<dyn SessionInterface>>> + Send,
+{
+    async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
+        (self.0)().await
+    }
+}
+
+/// Why a case failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(format!("unexpected error: {e}"))
+    }
+}
+
+/// What a case returns.
+pub type CaseResult = std::result::Result<(), Failure>;
+
+/// What a case gets: its store, and the factory for more.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The store under test.
+    pub store: Arc<dyn SessionInterface>,
+    factory: Arc<dyn StoreFactory>,
+    made: Arc<Mutex<Vec<Arc<dyn SessionInterface>>>>,
+}
+
+impl Ctx {
+    /// Another fresh store of the same kind, in a namespace of its own.
+    pub async fn another_store(&self) -> std::result::Result<Arc<dyn SessionInterface>, Failure> {
+        let store = self
+            .factory
+            .make()
+            .await
+            .ok_or_else(|| Failure("the factory gave no second store".into()))?;
+        if let Ok(mut made) = self.made.lock() {
+            made.push(store.clone());
+        }
+        Ok(store)
+    }
+}
+
+/// A case: an async function of its context.
+pub type CaseFn = fn(Ctx) -> Pin<Box<dyn Future<Output = CaseResult> + Send>>;
+
+/// Fails the case with a message unless `cond` holds.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err($crate::conformance::Failure(format!($($msg)+)));
+        }
+    };
+}
+
+/// Runs one case against a fresh store from `factory`: `Ok(false)` when the
+/// factory skipped, `Ok(true)` when it passed.
+pub async fn run_case(
+    case: CaseFn,
+    factory: Arc<dyn StoreFactory>,
+) -> std::result::Result<bool, Failure> {
+    let Some(store) = factory.make().await else {
+        return Ok(false);
+    };
+    let made = Arc::new(Mutex::new(vec![store.clone()]));
+    let ctx = Ctx {
+        store,
+        factory: factory.clone(),
+        made: made.clone(),
+    };
+    // A panicking case (a store that panics) is a failure, not an abort.
+    let outcome = tokio::spawn(case(ctx)).await;
+    let stores: Vec<_> = made.lock().map(|m| m.clone()).unwrap_or_default();
+    for store in stores {
+        factory.cleanup(store).await;
+    }
+    match outcome {
+        Ok(result) => result.map(|()| true),
+        Err(join) => Err(Failure(format!("the case panicked: {join}"))),
+    }
+}
+
+/// Runs one case and panics with its failure (what the generated tests call).
+pub async fn run_test(name: &str, case: CaseFn, factory: Arc<dyn StoreFactory>) {
+    match run_case(case, factory).await {
+        Ok(true) => {}
+        Ok(false) => println!("conformance case {name} skipped: the factory gave no store"),
+        Err(failure) => panic!("conformance case {name} failed: {failure}"),
+    }
+}
+
+/// What [`run_all`] found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Cases that passed.
+    pub passed: Vec<&'static str>,
+    /// Cases that failed, with why.
+    pub failed: Vec<(&'static str, Failure)>,
+    /// Cases the factory skipped.
+    pub skipped: Vec<&'static str>,
+}
+
+impl Report {
+    /// Whether the named case failed.
+    pub fn failed(&self, name: &str) -> bool {
+        self.failed.iter().any(|(n, _)| *n == name)
+    }
+}
+
+/// Runs every case, one after another, and reports.
+pub async fn run_all(factory: Arc<dyn StoreFactory>) -> Report {
+    let mut report = Report::default();
+    for (name, case) in all_cases() {
+        match run_case(case, factory.clone()).await {
+            Ok(true) => report.passed.push(name),
+            Ok(false) => report.skipped.push(name),
+            Err(failure) => report.failed.push((name, failure)),
+        }
+    }
+    report
+}
+
+/// Expands into one `#[tokio::test]` per conformance case, each running
+/// against a fresh store from `$factory` (an expression implementing
+/// [`StoreFactory`], evaluated once per case).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::__conformance_cases!(@tests $factory);
+    };
+}
+
+/// Every case by name: the one list both the macro and [`run_all`] use.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __conformance_cases {
+    (@tests $factory:expr) => {
+        $crate::__conformance_cases!(@each [$factory]);
+    };
+    (@list) => {
+        $crate::__conformance_cases!(@each list);
+    };
+    (@each $($how:tt)*) => {
+        $crate::__conformance_cases!(@expand [$($how)*]
+            roundtrip_unicode_strings,
+            roundtrip_empty_values,
+            roundtrip_one_megabyte,
+            roundtrip_numbers_and_structs,
+            roundtrip_many_keys,
+            roundtrip_keeps_times_and_version,
+            roundtrip_session_without_data,
+            get_missing_is_none,
+            exists_and_has_agree,
+            is_valid_live_and_missing,
+            expiry_subsecond_honoured,
+            expiry_one_second_honoured,
+            get_never_returns_expired,
+            len_counts_only_live,
+            len_zero_when_empty,
+            set_inserts,
+            set_overwrites,
+            set_stores_expiry,
+            set_keeps_given_version,
+            delete_removes,
+            delete_is_idempotent,
+            delete_leaves_others,
+            create_starts_at_its_version,
+            create_collision_is_error,
+            create_collision_keeps_original,
+            update_bumps_version,
+            update_persists_data_and_expiry,
+            update_stale_version_conflicts,
+            update_future_version_conflicts,
+            update_conflict_writes_nothing,
+            update_after_delete_is_gone,
+            update_never_created_is_gone,
+            update_expired_is_gone,
+            touch_extends_expiry,
+            touch_keeps_data_and_version,
+            touch_missing_creates_nothing,
+            touch_never_revives_expired,
+            flush_removes_exactly_expired,
+            flush_empty_is_zero,
+            flush_keeps_live,
+            clear_removes_all,
+            clear_leaves_other_namespace,
+            namespaces_are_isolated,
+            concurrent_distinct_ids,
+            concurrent_creates_one_wins,
+            concurrent_updates_one_wins_per_version,
+            manager_concurrent_increments_exact,
+            manager_concurrent_keys_merge,
+            manager_empty_session_not_stored,
+            manager_cookie_round_trip,
+            manager_regenerate_keeps_data,
+            manager_destroy_deletes_and_expires_cookie,
+            manager_save_after_destroy_not_resurrected,
+            manager_flash_read_once,
+            manager_never_adopts_foreign_token,
+            manager_hostile_cookies_start_fresh,
+            manager_idle_touch_extends,
+            manager_absolute_timeout,
+            manager_signed_cookie_rotation,
+            remaining_seconds_never_negative,
+        );
+    };
+    (@expand [[$factory:expr]] $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory: ::std::sync::Arc<dyn $crate::conformance::StoreFactory> =
+                    ::std::sync::Arc::new($factory);
+                $crate::conformance::run_test(
+                    stringify!($case),
+                    |ctx| ::std::boxed::Box::pin($crate::conformance::cases::$case(ctx)),
+                    factory,
+                )
+                .await;
+            }
+        )*
+    };
+    (@expand [list] $($case:ident),* $(,)?) => {
+        /// Every case, by name.
+        pub fn all_cases() -> Vec<(&'static str, CaseFn)> {
+            vec![$(
+                (stringify!($case), (|ctx| Box::pin(cases::$case(ctx))) as CaseFn),
+            )*]
+        }
+    };
+}
+
+__conformance_cases!(@list);
+
+/// A plain, obviously correct store (a mutex around a map) that passes the
+/// suite. It is the reference model for model-based tests and the base of
+/// the deliberately broken stores that prove the suite can fail.
+#[derive(Debug, Default)]
+pub struct ReferenceStore {
+    records: Mutex<HashMap<SessionId, Session>>,
+}
+
+impl ReferenceStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<SessionId, Session>) -> R) -> Result<R> {
+        let mut guard = self
+            .records
+            .lock()
+            .map_err(|_| Error::backend("reference", "lock", "poisoned lock"))?;
+        Ok(f(&mut guard))
+    }
+}
+
+#[async_trait]
+impl SessionInterface for ReferenceStore {
+    async fn exists(&self, id: &SessionId) -> Result<bool> {
+        self.with(|m| m.contains_key(id))
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
+        let now = now_millis();
+        self.with(|m| m.get(id).filter(|s| !s.is_expired_at(now)).cloned())
+    }
+
+    async fn set(&self, session: &Session) -> Result<()> {
+        self.with(|m| {
+            m.insert(session.id(), session.clone());
+        })
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<()> {
+        self.with(|m| {
+            m.remove(id);
+        })
+    }
+
+    async fn create(&self, session: &Session) -> Result<()> {
+        self.with(|m| {
+            if m.contains_key(&session.id()) {
+                return Err(Error::IdCollision { id: session.id() });
+            }
+            m.insert(session.id(), session.clone());
+            Ok(())
+        })?
+    }
+
+    async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
+        let now = now_millis();
+        self.with(|m| match m.get(&session.id()) {
+            None => UpdateOutcome::Gone,
+            Some(stored) if stored.is_expired_at(now) => UpdateOutcome::Gone,
+            Some(stored) if stored.version() != expected_version => UpdateOutcome::Conflict,
+            Some(_) => {
+                let mut next = session.clone();
+                next.set_version(expected_version + 1);
+                m.insert(session.id(), next);
+                UpdateOutcome::Updated {
+                    version: expected_version + 1,
+                }
+            }
+        })
+    }
+
+    async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
+        let now = now_millis();
+        self.with(|m| match m.get_mut(id) {
+            Some(s) if !s.is_expired_at(now) => {
+                s.set_expires_at_millis(unix_millis(expires_at));
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn flush(&self) -> Result<u64> {
+        let now = now_millis();
+        self.with(|m| {
+            let before = m.len();
+            m.retain(|_, s| !s.is_expired_at(now));
+            (before - m.len()) as u64
+        })
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.with(|m| m.clear())
+    }
+
+    async fn len(&self) -> Result<u64> {
+        let now = now_millis();
+        self.with(|m| m.values().filter(|s| !s.is_expired_at(now)).count() as u64)
+    }
+}

@@ -1,0 +1,109 @@
+//! The one error type of every store and of the manager.
+
+use crate::id::SessionId;
+
+/// A boxed error from a backend client (Redis, sqlx, the filesystem, ...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Shorthand for `Result<T, session_store::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a session store or the manager.
+///
+/// Each variant names the input it failed on, so that a log line alone says
+/// what happened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A session token (from a cookie or a custom generator) is not of the
+    /// accepted alphabet and length. `input` is shown escaped and cut to 64
+    /// characters: it came from a client.
+    #[error("invalid session token {input:?}: {reason}")]
+    InvalidId {
+        /// The offending input, escaped and truncated.
+        input: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// `create` found a record already stored under this id.
+    #[error("session id {id} is already taken")]
+    IdCollision {
+        /// The id that collided.
+        id: SessionId,
+    },
+
+    /// A value could not be encoded.
+    #[error("could not encode {key:?}: {reason}")]
+    Encode {
+        /// The data key (or `"record"` for the envelope).
+        key: String,
+        /// The encoder's message.
+        reason: String,
+    },
+
+    /// Stored bytes could not be decoded: a corrupt record, an unknown
+    /// envelope format, or a value read back as the wrong type.
+    #[error("could not decode {key:?}: {reason}")]
+    Decode {
+        /// The data key, or the record / file the bytes came from.
+        key: String,
+        /// The decoder's message.
+        reason: String,
+    },
+
+    /// The backend failed: unreachable, timed out, pool exhausted, I/O error.
+    #[error("{store} store: {context}: {source}")]
+    Backend {
+        /// Which store (`"redis"`, `"postgres"`, `"fs"`, ...).
+        store: &'static str,
+        /// What was being done and against which address or path.
+        context: String,
+        /// The client's own error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A commit kept conflicting with other saves of the same session and
+    /// gave up after `attempts` tries.
+    #[error("session {id} kept changing under this request; gave up after {attempts} attempts")]
+    Contention {
+        /// The contended session.
+        id: SessionId,
+        /// How many saves were tried.
+        attempts: u32,
+    },
+
+    /// The configuration is unusable (a bad table name, a missing key, ...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Builds an [`Error::Backend`].
+    pub fn backend(
+        store: &'static str,
+        context: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            store,
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Builds an [`Error::Decode`].
+    pub fn decode(key: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Decode {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Builds an [`Error::InvalidId`], escaping and truncating the input.
+    pub(crate) fn invalid_id(input: &str, reason: &'static str) -> Self {
+        let input: String = input.chars().take(64).collect();
+        Error::InvalidId { input, reason }
+    }
+}

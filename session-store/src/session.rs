@@ -1,0 +1,267 @@
+//! The session record and its typed data.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::id::SessionId;
+
+/// The bincode configuration of every stored value.
+pub(crate) const VALUE_CONFIG: bincode::config::Configuration = bincode::config::standard();
+
+/// Encodes one value the way [`Session::insert`] stores it (serde + bincode 2).
+pub fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, VALUE_CONFIG).map_err(|e| Error::Encode {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes one value stored by [`encode_value`]; trailing bytes are an error,
+/// so reading a value back as a narrower type fails instead of guessing.
+pub fn decode_value<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    let (value, read) = bincode::serde::decode_from_slice::<T, _>(bytes, VALUE_CONFIG)
+        .map_err(|e| Error::decode(key, e))?;
+    if read != bytes.len() {
+        return Err(Error::decode(
+            key,
+            format!("{} trailing bytes after the value", bytes.len() - read),
+        ));
+    }
+    Ok(value)
+}
+
+/// Milliseconds since the Unix epoch: the precision of every stored time.
+pub fn unix_millis(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The inverse of [`unix_millis`]; out-of-range values saturate.
+pub fn from_unix_millis(millis: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(millis as i128 * 1_000_000).unwrap_or(if millis < 0 {
+        OffsetDateTime::UNIX_EPOCH
+    } else {
+        time::PrimitiveDateTime::MAX.assume_utc()
+    })
+}
+
+/// Now, in stored precision.
+pub fn now_millis() -> i64 {
+    unix_millis(OffsetDateTime::now_utc())
+}
+
+/// A session: its id, typed data, flash values, times and version.
+///
+/// Values are stored as bytes (serde + bincode 2) under string keys and read
+/// back typed with [`get`](Self::get). bincode is not self-describing, so read
+/// a value back as the type it was written as; `serde_json::Value` and other
+/// `deserialize_any` types cannot be stored.
+///
+/// Times have millisecond precision, which is what every store keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    id: SessionId,
+    data: BTreeMap<String, Vec<u8>>,
+    flash: BTreeMap<String, Vec<u8>>,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    version: u64,
+}
+
+impl Session {
+    /// A new, empty session created now, expiring after `ttl`, at version 1.
+    pub fn new(id: SessionId, ttl: Duration) -> Self {
+        let now = now_millis();
+        Session {
+            id,
+            data: BTreeMap::new(),
+            flash: BTreeMap::new(),
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64),
+            version: 1,
+        }
+    }
+
+    /// Rebuilds a session from stored parts (for store implementations and the codec).
+    pub fn from_parts(
+        id: SessionId,
+        data: BTreeMap<String, Vec<u8>>,
+        flash: BTreeMap<String, Vec<u8>>,
+        created_at_ms: i64,
+        expires_at_ms: i64,
+        version: u64,
+    ) -> Self {
+        Session {
+            id,
+            data,
+            flash,
+            created_at_ms,
+            expires_at_ms,
+            version,
+        }
+    }
+
+    /// The store key.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Gives the session another id (used by regeneration).
+    pub fn set_id(&mut self, id: SessionId) {
+        self.id = id;
+    }
+
+    /// Reads `key` as a `T`: `Ok(None)` when absent, [`Error::Decode`] when the
+    /// stored bytes are not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.data
+            .get(key)
+            .map(|bytes| decode_value(key, bytes))
+            .transpose()
+    }
+
+    /// Stores `value` under `key`, replacing any previous value.
+    pub fn insert<T: Serialize + ?Sized>(
+        &mut self,
+        key: impl Into<String>,
+        value: &T,
+    ) -> Result<()> {
+        let key = key.into();
+        let bytes = encode_value(&key, value)?;
+        self.data.insert(key, bytes);
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.data.remove(key).is_some()
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.data.contains_key(key)
+    }
+
+    /// The data keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.data.keys().map(String::as_str)
+    }
+
+    /// Whether the session holds no data and no flash values.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.flash.is_empty()
+    }
+
+    /// The encoded data, key by key.
+    pub fn data(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.data
+    }
+
+    /// The encoded data, mutable.
+    pub fn data_mut(&mut self) -> &mut BTreeMap<String, Vec<u8>> {
+        &mut self.data
+    }
+
+    /// Flash values waiting for the next request, encoded.
+    pub fn flash(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.flash
+    }
+
+    /// Flash values, mutable.
+    pub fn flash_mut(&mut self) -> &mut BTreeMap<String, Vec<u8>> {
+        &mut self.flash
+    }
+
+    /// When the session was first created.
+    pub fn created_at(&self) -> OffsetDateTime {
+        from_unix_millis(self.created_at_ms)
+    }
+
+    /// [`created_at`](Self::created_at) in Unix milliseconds.
+    pub fn created_at_millis(&self) -> i64 {
+        self.created_at_ms
+    }
+
+    /// When the session stops being valid.
+    pub fn expires_at(&self) -> OffsetDateTime {
+        from_unix_millis(self.expires_at_ms)
+    }
+
+    /// [`expires_at`](Self::expires_at) in Unix milliseconds.
+    pub fn expires_at_millis(&self) -> i64 {
+        self.expires_at_ms
+    }
+
+    /// Moves the expiry (truncated to milliseconds).
+    pub fn set_expires_at(&mut self, expires_at: OffsetDateTime) {
+        self.expires_at_ms = unix_millis(expires_at);
+    }
+
+    /// Moves the expiry, in Unix milliseconds.
+    pub fn set_expires_at_millis(&mut self, expires_at_ms: i64) {
+        self.expires_at_ms = expires_at_ms;
+    }
+
+    /// Whole seconds until expiry, never below 0 (the seed's `getRemainingSeconds`).
+    pub fn remaining_seconds(&self) -> u64 {
+        let left = self.expires_at_ms.saturating_sub(now_millis());
+        if left <= 0 {
+            0
+        } else {
+            left as u64 / 1000
+        }
+    }
+
+    /// Whether the session has expired at `now_ms` (Unix milliseconds).
+    pub fn is_expired_at(&self, now_ms: i64) -> bool {
+        self.expires_at_ms <= now_ms
+    }
+
+    /// Whether the session has expired now.
+    pub fn is_expired(&self) -> bool {
+        self.is_expired_at(now_millis())
+    }
+
+    /// The version the store last saved (1 after `create`, +1 per `update`).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Sets the version (for store implementations that keep it apart from the record).
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::SessionToken;
+
+    #[test]
+    fn typed_values_round_trip_and_wrong_types_fail() {
+        let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+        s.insert("n", &42u64).unwrap();
+        s.insert("s", "héllo").unwrap();
+        assert_eq!(s.get::<u64>("n").unwrap(), Some(42));
+        assert_eq!(s.get::<String>("s").unwrap().as_deref(), Some("héllo"));
+        assert_eq!(s.get::<u8>("missing").unwrap(), None);
+        assert!(matches!(s.get::<u64>("s"), Err(Error::Decode { .. })));
+        assert!(s.remove("n"));
+        assert!(!s.contains_key("n"));
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["s"]);
+    }
+
+    #[test]
+    fn remaining_seconds_never_negative() {
+        let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+        assert!((59..=60).contains(&s.remaining_seconds()));
+        s.set_expires_at_millis(0);
+        assert_eq!(s.remaining_seconds(), 0);
+        assert!(s.is_expired());
+    }
+}

@@ -1,0 +1,103 @@
+//! The store contract.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::error::Result;
+use crate::id::SessionId;
+use crate::session::Session;
+
+/// What a compare-and-set [`SessionInterface::update`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// Saved; the record is now at `version` (the expected version + 1).
+    Updated {
+        /// The version now stored.
+        version: u64,
+    },
+    /// The record is live but at another version: someone saved first.
+    /// Nothing was written.
+    Conflict,
+    /// The record was deleted or has expired. Nothing was written: a save
+    /// never brings a destroyed session back.
+    Gone,
+}
+
+/// The operations every session store provides.
+///
+/// The trait is object safe: a store can live behind
+/// `Arc<dyn SessionInterface>` and be swapped at runtime
+/// ([`SessionManager::set_operations`](crate::SessionManager::set_operations)).
+///
+/// A session is *live* when it is stored and its `expires_at` is in the
+/// future; *expired* when it is stored with an `expires_at` at or before now.
+/// Each store is its own namespace (a key prefix, a table, a directory).
+///
+/// Every contract sentence below is checked by the conformance suite
+/// (feature `conformance`).
+#[async_trait]
+pub trait SessionInterface: Send + Sync + fmt::Debug {
+    /// Whether a record is stored under `id`, live or expired but not yet
+    /// flushed. Used to check id collisions. Stores that drop expired records
+    /// themselves (Redis) answer `false` once that happened.
+    async fn exists(&self, id: &SessionId) -> Result<bool>;
+
+    /// Same contract as [`exists`](Self::exists); kept for users porting from
+    /// the JavaScript `SessionInterface`.
+    async fn has(&self, id: &SessionId) -> Result<bool> {
+        self.exists(id).await
+    }
+
+    /// Whether a record is stored under `id` and not expired.
+    async fn is_valid(&self, id: &SessionId) -> Result<bool> {
+        Ok(self.get(id).await?.is_some())
+    }
+
+    /// The session stored under `id`; `None` when it is missing or expired.
+    /// Never returns an expired session.
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>>;
+
+    /// Upserts `session` unconditionally, with its own `version()` and
+    /// `expires_at()`. Prefer [`create`](Self::create) and
+    /// [`update`](Self::update), which cannot lose concurrent writes.
+    async fn set(&self, session: &Session) -> Result<()>;
+
+    /// Removes the record under `id`. Idempotent: deleting a missing record
+    /// is `Ok`.
+    async fn delete(&self, id: &SessionId) -> Result<()>;
+
+    /// Inserts `session` (with its own `version()`) only if nothing is stored
+    /// under its id; otherwise [`Error::IdCollision`](crate::Error::IdCollision)
+    /// and the stored record is left untouched.
+    async fn create(&self, session: &Session) -> Result<()>;
+
+    /// Compare-and-set: stores `session` at version `expected_version + 1`
+    /// if the stored record is live and at `expected_version`
+    /// ([`UpdateOutcome::Updated`]); [`UpdateOutcome::Conflict`] if it is live
+    /// at another version; [`UpdateOutcome::Gone`] if it is missing or
+    /// expired. Only `Updated` writes anything. The session's `expires_at()`
+    /// is stored too.
+    async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome>;
+
+    /// Moves the expiry of a live session to `expires_at`, leaving its data
+    /// and version alone, and returns `true`. Returns `false` and changes
+    /// nothing when the session is missing or expired: touch never revives.
+    async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool>;
+
+    /// Deletes expired records and returns how many it deleted. Stores whose
+    /// backend expires records itself may return 0.
+    async fn flush(&self) -> Result<u64>;
+
+    /// Deletes every session of this store's namespace, and nothing outside it.
+    async fn clear(&self) -> Result<()>;
+
+    /// How many live sessions this store's namespace holds.
+    async fn len(&self) -> Result<u64>;
+
+    /// Whether this store's namespace holds no live session.
+    async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+}

@@ -1,0 +1,22 @@
+//! # server-session
+//!
+//! Pluggable server-side session stores. Depend on this crate and pick
+//! backends by Cargo feature:
+//!
+//! | feature | store | crate |
+//! | --- | --- | --- |
+//! | `memory` (default) | [`MemoryStore`] | `session-store-memory` |
+//!
+//! Everything from the core crate (`session-store`) is re-exported here: the
+//! [`SessionInterface`] trait, [`Session`], [`SessionManager`] and friends.
+#![warn(missing_docs)]
+
+pub use session_store::*;
+
+/// The in-memory store (feature `memory`).
+#[cfg(feature = "memory")]
+pub use session_store_memory::MemoryStore;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,161 @@
+//! # session-store-memory
+//!
+//! An in-memory [`SessionInterface`] store for tests, development and
+//! single-process apps.
+//!
+//! It keeps each session encoded (the core's envelope) in a sharded map
+//! ([`dashmap`]), so parallel requests on different sessions rarely share a
+//! lock and a live session costs little more than its encoded bytes. Expiry
+//! is honoured on every read; [`flush`](SessionInterface::flush) drops
+//! expired records.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use session_store_memory::MemoryStore;
+//! use session_store::{SessionConfig, SessionManager};
+//!
+//! let manager = SessionManager::new(Arc::new(MemoryStore::new()), SessionConfig::default()).unwrap();
+//! ```
+#![warn(missing_docs)]
+
+use async_trait::async_trait;
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use session_store::time::OffsetDateTime;
+use session_store::{
+    codec, now_millis, unix_millis, Error, Result, Session, SessionId, SessionInterface,
+    UpdateOutcome,
+};
+
+/// A stored record: the expiry and version are kept beside the encoded bytes
+/// so that checks need no decoding.
+#[derive(Debug)]
+struct Record {
+    expires_at_ms: i64,
+    version: u64,
+    bytes: Box<[u8]>,
+}
+
+impl Record {
+    fn encode(session: &Session, version: u64) -> Result<Self> {
+        Ok(Record {
+            expires_at_ms: session.expires_at_millis(),
+            version,
+            bytes: codec::encode(session, version)?.into_boxed_slice(),
+        })
+    }
+
+    fn is_live(&self, now_ms: i64) -> bool {
+        self.expires_at_ms > now_ms
+    }
+}
+
+/// The in-memory store. Each instance is its own namespace.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    map: DashMap<SessionId, Record>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl SessionInterface for MemoryStore {
+    async fn exists(&self, id: &SessionId) -> Result<bool> {
+        Ok(self.map.contains_key(id))
+    }
+
+    async fn is_valid(&self, id: &SessionId) -> Result<bool> {
+        let now = now_millis();
+        Ok(self.map.get(id).is_some_and(|r| r.is_live(now)))
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
+        let now = now_millis();
+        match self.map.get(id) {
+            Some(record) if record.is_live(now) => {
+                let mut session = codec::decode(*id, &record.bytes, "memory record")?;
+                session.set_expires_at_millis(record.expires_at_ms);
+                Ok(Some(session))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn set(&self, session: &Session) -> Result<()> {
+        let record = Record::encode(session, session.version())?;
+        self.map.insert(session.id(), record);
+        Ok(())
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<()> {
+        self.map.remove(id);
+        Ok(())
+    }
+
+    async fn create(&self, session: &Session) -> Result<()> {
+        let record = Record::encode(session, session.version())?;
+        match self.map.entry(session.id()) {
+            MapEntry::Occupied(_) => Err(Error::IdCollision { id: session.id() }),
+            MapEntry::Vacant(slot) => {
+                slot.insert(record);
+                Ok(())
+            }
+        }
+    }
+
+    async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
+        let now = now_millis();
+        let Some(mut stored) = self.map.get_mut(&session.id()) else {
+            return Ok(UpdateOutcome::Gone);
+        };
+        if !stored.is_live(now) {
+            return Ok(UpdateOutcome::Gone);
+        }
+        if stored.version != expected_version {
+            return Ok(UpdateOutcome::Conflict);
+        }
+        let version = expected_version + 1;
+        *stored = Record::encode(session, version)?;
+        Ok(UpdateOutcome::Updated { version })
+    }
+
+    async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
+        let now = now_millis();
+        let Some(mut stored) = self.map.get_mut(id) else {
+            return Ok(false);
+        };
+        if !stored.is_live(now) {
+            return Ok(false);
+        }
+        let expires_at_ms = unix_millis(expires_at);
+        codec::patch_expires_at(&mut stored.bytes, expires_at_ms, "memory record")?;
+        stored.expires_at_ms = expires_at_ms;
+        Ok(true)
+    }
+
+    async fn flush(&self) -> Result<u64> {
+        let now = now_millis();
+        let mut removed = 0u64;
+        self.map.retain(|_, record| {
+            let keep = record.is_live(now);
+            removed += u64::from(!keep);
+            keep
+        });
+        Ok(removed)
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.map.clear();
+        Ok(())
+    }
+
+    async fn len(&self) -> Result<u64> {
+        let now = now_millis();
+        Ok(self.map.iter().filter(|r| r.is_live(now)).count() as u64)
+    }
+}
