@@ -3,9 +3,10 @@
 //!
 //! Run it against your own store from your own tests:
 //!
-//! ```ignore
+//! ```
 //! // tests/conformance.rs of your store crate; dev-dependencies:
 //! // session-store = { version = "0.1", features = ["conformance"] }, tokio
+//! # use session_store::conformance::ReferenceStore as MyStore;
 //! use std::sync::Arc;
 //! use session_store::conformance::{factory, conformance_tests};
 //!
