@@ -5,13 +5,20 @@
 //!
 //! | feature | store | crate |
 //! | --- | --- | --- |
-//! | `memory` (default) | [`MemoryStore`] | `session-store-memory` |
+//! | `memory` (default) | `MemoryStore` | `session-store-memory` |
+//! | `redis` | `RedisStore` | `session-store-redis` |
 //!
 //! Everything from the core crate (`session-store`) is re-exported here: the
 //! [`SessionInterface`] trait, [`Session`], [`SessionManager`] and friends.
 #![warn(missing_docs)]
 
 pub use session_store::*;
+
+/// The Redis store (feature `redis`).
+#[cfg(feature = "redis")]
+pub use session_store_redis as redis;
+#[cfg(feature = "redis")]
+pub use session_store_redis::{RedisConfig, RedisStore};
 
 /// The in-memory store (feature `memory`).
 #[cfg(feature = "memory")]

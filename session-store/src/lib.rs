@@ -17,6 +17,7 @@ mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use async_trait::async_trait;
 pub use cookie;
 pub use error::{BoxError, Error, Result};
 pub use id::{SessionId, SessionToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
