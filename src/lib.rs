@@ -7,6 +7,8 @@
 //! | --- | --- | --- |
 //! | `memory` (default) | `MemoryStore` | `session-store-memory` |
 //! | `redis` | `RedisStore` | `session-store-redis` |
+//! | `sqlite` | `SqliteStore` | `session-store-sqlite` |
+//! | `postgres` | `PostgresStore` | `session-store-postgres` |
 //!
 //! Everything from the core crate (`session-store`) is re-exported here: the
 //! [`SessionInterface`] trait, [`Session`], [`SessionManager`] and friends.
@@ -19,6 +21,18 @@ pub use session_store::*;
 pub use session_store_redis as redis;
 #[cfg(feature = "redis")]
 pub use session_store_redis::{RedisConfig, RedisStore};
+
+/// The SQLite store (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub use session_store_sqlite as sqlite;
+#[cfg(feature = "sqlite")]
+pub use session_store_sqlite::{SqliteConfig, SqliteStore};
+
+/// The PostgreSQL store (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use session_store_postgres as postgres;
+#[cfg(feature = "postgres")]
+pub use session_store_postgres::{PostgresConfig, PostgresStore};
 
 /// The in-memory store (feature `memory`).
 #[cfg(feature = "memory")]

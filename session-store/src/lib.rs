@@ -7,6 +7,7 @@
 //! suite every store must pass.
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod codec;
 mod error;
 mod id;

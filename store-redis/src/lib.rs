@@ -43,9 +43,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, AsyncCommands as _, Script};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use session_store::backend::{redact_url, timed};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, Error, Result, Session, SessionId, SessionInterface,
+    codec, now_millis, unix_millis, BoxError, Error, Result, Session, SessionId, SessionInterface,
     UpdateOutcome,
 };
 
@@ -124,16 +125,6 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// The part of a URL safe to show in errors: no password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl RedisStore {
     /// A store over an existing pool, with the default prefix `session:`
     /// and a 2 s operation timeout.
@@ -161,7 +152,7 @@ impl RedisStore {
 
     /// Connects with `config`, checking the server with a `PING`.
     pub async fn connect_with(config: RedisConfig) -> Result<Self> {
-        let address = redact(&config.url);
+        let address = redact_url(&config.url);
         let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
         pool_config.pool = Some(PoolConfig {
             max_size: config.pool_size.max(1),
@@ -213,25 +204,17 @@ impl RedisStore {
         F: FnOnce(deadpool_redis::Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let context = || format!("{what} at {}", self.address);
         let work = async {
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| Error::backend(STORE, context(), e))?;
-            op(conn)
-                .await
-                .map_err(|e| Error::backend(STORE, context(), e))
+            let conn = self.pool.get().await.map_err(BoxError::from)?;
+            op(conn).await.map_err(BoxError::from)
         };
-        match tokio::time::timeout(self.operation_timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::backend(
-                STORE,
-                context(),
-                format!("timed out after {:?}", self.operation_timeout),
-            )),
-        }
+        timed(
+            STORE,
+            self.operation_timeout,
+            || format!("{what} at {}", self.address),
+            work,
+        )
+        .await
     }
 
     /// Walks every key under the prefix with `SCAN`, handing each batch to `each`.
@@ -469,14 +452,5 @@ mod tests {
     #[test]
     fn glob_characters_in_prefixes_are_escaped() {
         assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
-
-    #[test]
-    fn passwords_never_reach_error_messages() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379/0"),
-            "redis://host:6379/0"
-        );
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 }

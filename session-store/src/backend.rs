@@ -1,0 +1,114 @@
+//! Small helpers shared by store implementations.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::{BoxError, Error, Result};
+
+/// Runs one backend operation within `limit`. A client error or a timeout
+/// becomes [`Error::Backend`] naming `store` and `context()` (the operation
+/// and the address or path), so a stalled server never hangs a request.
+pub async fn timed<T, E, Fut>(
+    store: &'static str,
+    limit: Duration,
+    context: impl FnOnce() -> String,
+    operation: Fut,
+) -> Result<T>
+where
+    E: Into<BoxError>,
+    Fut: Future<Output = std::result::Result<T, E>>,
+{
+    match tokio::time::timeout(limit, operation).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Error::backend(store, context(), e)),
+        Err(_) => Err(Error::backend(
+            store,
+            context(),
+            format!("timed out after {limit:?}"),
+        )),
+    }
+}
+
+/// Whether `name` is a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at
+/// most 63 bytes) that can be put into SQL text without quoting; anything
+/// else is [`Error::Config`]. SQL stores check table and schema names with
+/// it before building a single statement.
+pub fn check_sql_identifier(what: &str, name: &str) -> Result<()> {
+    let mut bytes = name.bytes();
+    let plain = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= 63;
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{what} {name:?} is not a plain SQL identifier (letters, digits and '_', not starting with a digit, at most 63 bytes)"
+        )))
+    }
+}
+
+/// Redacts the password of a `scheme://user:password@host/...` URL for
+/// error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        for good in ["sessions", "_t", "T1_x"] {
+            assert!(check_sql_identifier("table", good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a;drop table x",
+            "\"q\"",
+            "a b",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(check_sql_identifier("table", bad), Err(Error::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(redact_url("redis://:pw@h"), "redis://@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[tokio::test]
+    async fn timeouts_become_backend_errors() {
+        let never = std::future::pending::<std::result::Result<(), std::io::Error>>();
+        let err = timed(
+            "x",
+            Duration::from_millis(10),
+            || "op at here".into(),
+            never,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("op at here"), "{err}");
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+}

@@ -1,0 +1,466 @@
+//! # session-store-postgres
+//!
+//! A [`SessionInterface`] store on PostgreSQL through sqlx (runtime
+//! queries: nothing needs a database at compile time).
+//!
+//! One table (default `sessions`, optionally in a schema): `id` (`bytea`,
+//! the 32-byte id, primary key), `record` (`bytea`, the core's encoded
+//! record), `expires_at` (`bigint` Unix ms, indexed), `version` (`bigint`).
+//! [`PostgresStore::migrate`] creates or upgrades it. Every operation is one
+//! statement; a failed compare-and-set pays one more to tell `Conflict` from
+//! `Gone`.
+//!
+//! ```no_run
+//! # async fn demo() -> session_store::Result<()> {
+//! use session_store_postgres::{PostgresConfig, PostgresStore};
+//! let store = PostgresStore::connect_with(PostgresConfig {
+//!     schema: Some("app".into()),
+//!     ..PostgresConfig::new("postgres://postgres@127.0.0.1:5432/test")
+//! })
+//! .await?;
+//! store.migrate().await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use session_store::backend::{check_sql_identifier, redact_url, timed};
+use session_store::time::OffsetDateTime;
+use session_store::{
+    codec, now_millis, unix_millis, Error, Result, Session, SessionId, SessionInterface,
+    UpdateOutcome,
+};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::Row as _;
+
+pub use sqlx;
+
+const STORE: &str = "postgres";
+
+/// Rows deleted per statement in `flush` and `clear`, so no statement holds
+/// row locks for long.
+const DELETE_BATCH: i64 = 1000;
+
+/// Versioned DDL: each step runs once, in order, recorded in `<table>_migrations`.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS {t} (
+            id bytea PRIMARY KEY,
+            record bytea NOT NULL,
+            expires_at bigint NOT NULL,
+            version bigint NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS {i}_expires_at ON {t} (expires_at)",
+    ],
+)];
+
+/// How to reach PostgreSQL and name the table.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Schema of the table (default none: the search path, usually `public`).
+    pub schema: Option<String>,
+    /// Table name (default `sessions`): a plain SQL identifier.
+    pub table: String,
+    /// Most pooled connections (default 16).
+    pub pool_size: u32,
+    /// Longest wait for a connection (default 3 s).
+    pub connect_timeout: Duration,
+    /// Longest time one operation may take before it is an error (default 5 s).
+    pub operation_timeout: Duration,
+}
+
+impl PostgresConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            schema: None,
+            table: "sessions".into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(3),
+            operation_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Queries {
+    exists: String,
+    get: String,
+    set: String,
+    delete: String,
+    create: String,
+    update: String,
+    state: String,
+    touch: String,
+    flush: String,
+    clear: String,
+    len: String,
+}
+
+impl Queries {
+    fn new(t: &str) -> Self {
+        Queries {
+            exists: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1)"),
+            get: format!("SELECT record, expires_at, version FROM {t} WHERE id = $1 AND expires_at > $2"),
+            set: format!(
+                "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record,
+                 expires_at = excluded.expires_at, version = excluded.version"
+            ),
+            delete: format!("DELETE FROM {t} WHERE id = $1"),
+            create: format!(
+                "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING"
+            ),
+            update: format!(
+                "UPDATE {t} SET record = $2, expires_at = $3, version = $4
+                 WHERE id = $1 AND version = $5 AND expires_at > $6"
+            ),
+            state: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1 AND expires_at > $2)"),
+            touch: format!("UPDATE {t} SET expires_at = $2 WHERE id = $1 AND expires_at > $3"),
+            flush: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= $1 LIMIT {DELETE_BATCH})"
+            ),
+            clear: format!("DELETE FROM {t} WHERE id IN (SELECT id FROM {t} LIMIT {DELETE_BATCH})"),
+            len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > $1"),
+        }
+    }
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: PgPool,
+    schema: Option<String>,
+    qualified: String,
+    address: String,
+    operation_timeout: Duration,
+    sql: Queries,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("address", &self.address)
+            .field("table", &self.qualified)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` with the default configuration (table `sessions`).
+    /// Call [`migrate`](Self::migrate) before first use.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(PostgresConfig::new(url)).await
+    }
+
+    /// Connects as `config` says, checking the server answers.
+    pub async fn connect_with(config: PostgresConfig) -> Result<Self> {
+        let address = redact_url(&config.url);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size.max(1))
+            .acquire_timeout(config.connect_timeout)
+            .connect_lazy(&config.url)
+            .map_err(|e| Error::Config(format!("postgres url {address}: {e}")))?;
+        let mut store = Self::new(pool, config.schema.as_deref(), &config.table)?;
+        store.address = address;
+        store.operation_timeout = config.operation_timeout;
+        let ping = sqlx::query("SELECT 1").execute(&store.pool);
+        store.run("connect", ping).await?;
+        Ok(store)
+    }
+
+    /// A store over a pool you already have.
+    pub fn new(pool: PgPool, schema: Option<&str>, table: &str) -> Result<Self> {
+        check_sql_identifier("table name", table)?;
+        if let Some(schema) = schema {
+            check_sql_identifier("schema name", schema)?;
+        }
+        let qualified = match schema {
+            Some(schema) => format!("{schema}.{table}"),
+            None => table.to_owned(),
+        };
+        Ok(PostgresStore {
+            sql: Queries::new(&qualified),
+            pool,
+            schema: schema.map(str::to_owned),
+            qualified,
+            address: "postgres (pool)".into(),
+            operation_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// The table, schema-qualified when a schema was given.
+    pub fn table(&self) -> &str {
+        &self.qualified
+    }
+
+    /// The pool, e.g. to share it with the rest of the app.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates (or upgrades) the schema, the table and its index,
+    /// idempotently. Safe to run twice or from two processes at once: the
+    /// steps run in one transaction under a transaction-scoped advisory lock.
+    pub async fn migrate(&self) -> Result<()> {
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            migrate_steps(&mut tx, self.schema.as_deref(), &self.qualified).await?;
+            tx.commit().await
+        };
+        self.run("migrate", work).await
+    }
+
+    /// Drops the table and its migration record (for tests and teardown).
+    pub async fn drop_table(&self) -> Result<()> {
+        let t = &self.qualified;
+        let ddl = format!("DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {t}_migrations;");
+        let work = sqlx::raw_sql(&ddl).execute(&self.pool);
+        self.run("drop table", work).await.map(drop)
+    }
+
+    fn context(&self, what: &str) -> String {
+        format!("{what} on table {} at {}", self.qualified, self.address)
+    }
+
+    async fn run<T, Fut>(&self, what: &str, work: Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        timed(STORE, self.operation_timeout, || self.context(what), work).await
+    }
+}
+
+/// Applies the migrations not yet recorded, inside the caller's transaction.
+async fn migrate_steps(
+    conn: &mut PgConnection,
+    schema: Option<&str>,
+    t: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    // One lock for every session-store migration: schema creation races
+    // too, and migrations are rare.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind("session-store migrate")
+        .execute(&mut *conn)
+        .await?;
+    if let Some(schema) = schema {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(&format!(
+        "CREATE TABLE IF NOT EXISTS {t}_migrations (version bigint PRIMARY KEY, applied_at bigint NOT NULL)"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    let done: i64 = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations"
+    ))
+    .fetch_one(&mut *conn)
+    .await?;
+    let index = t.replace('.', "_");
+    for (version, statements) in MIGRATIONS {
+        if *version <= done {
+            continue;
+        }
+        for ddl in *statements {
+            let ddl = ddl.replace("{t}", t).replace("{i}", &index);
+            sqlx::query(&ddl).execute(&mut *conn).await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {t}_migrations (version, applied_at) VALUES ($1, $2)"
+        ))
+        .bind(version)
+        .bind(now_millis())
+        .execute(&mut *conn)
+        .await?;
+        tracing::info!(table = %t, version, "session table migrated");
+    }
+    Ok(())
+}
+
+fn version_param(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl SessionInterface for PostgresStore {
+    async fn exists(&self, id: &SessionId) -> Result<bool> {
+        let q = sqlx::query_scalar(&self.sql.exists).bind(&id.as_bytes()[..]);
+        self.run("exists", q.fetch_one(&self.pool)).await
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
+        let q = sqlx::query(&self.sql.get)
+            .bind(&id.as_bytes()[..])
+            .bind(now_millis());
+        let Some(row) = self.run("get", q.fetch_optional(&self.pool)).await? else {
+            return Ok(None);
+        };
+        let columns = (|| {
+            Ok::<_, sqlx::Error>((
+                row.try_get::<Vec<u8>, _>(0)?,
+                row.try_get::<i64, _>(1)?,
+                row.try_get::<i64, _>(2)?,
+            ))
+        })();
+        let (record, expires_at, version) =
+            columns.map_err(|e| Error::decode(self.context("get"), e))?;
+        let mut session = codec::decode(
+            *id,
+            &record,
+            &format!("row {id} of table {}", self.qualified),
+        )?;
+        // The columns are authoritative: touch moves only `expires_at`.
+        session.set_expires_at_millis(expires_at);
+        session.set_version(version as u64);
+        Ok(Some(session))
+    }
+
+    async fn set(&self, session: &Session) -> Result<()> {
+        let record = codec::encode(session, session.version())?;
+        let q = sqlx::query(&self.sql.set)
+            .bind(session.id().as_bytes().to_vec())
+            .bind(record)
+            .bind(session.expires_at_millis())
+            .bind(version_param(session.version()));
+        self.run("set", q.execute(&self.pool)).await.map(drop)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<()> {
+        let q = sqlx::query(&self.sql.delete).bind(&id.as_bytes()[..]);
+        self.run("delete", q.execute(&self.pool)).await.map(drop)
+    }
+
+    async fn create(&self, session: &Session) -> Result<()> {
+        let record = codec::encode(session, session.version())?;
+        let q = sqlx::query(&self.sql.create)
+            .bind(session.id().as_bytes().to_vec())
+            .bind(record)
+            .bind(session.expires_at_millis())
+            .bind(version_param(session.version()));
+        if self
+            .run("create", q.execute(&self.pool))
+            .await?
+            .rows_affected()
+            == 1
+        {
+            Ok(())
+        } else {
+            Err(Error::IdCollision { id: session.id() })
+        }
+    }
+
+    async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
+        let version = expected_version + 1;
+        let record = codec::encode(session, version)?;
+        let id = session.id();
+        let id = &id.as_bytes()[..];
+        let now = now_millis();
+        let q = sqlx::query(&self.sql.update)
+            .bind(id)
+            .bind(record)
+            .bind(session.expires_at_millis())
+            .bind(version_param(version))
+            .bind(version_param(expected_version))
+            .bind(now);
+        if self
+            .run("update", q.execute(&self.pool))
+            .await?
+            .rows_affected()
+            == 1
+        {
+            return Ok(UpdateOutcome::Updated { version });
+        }
+        // Only a failed save pays this second statement: live means Conflict.
+        let q = sqlx::query_scalar(&self.sql.state).bind(id).bind(now);
+        let live: bool = self.run("update", q.fetch_one(&self.pool)).await?;
+        Ok(if live {
+            UpdateOutcome::Conflict
+        } else {
+            UpdateOutcome::Gone
+        })
+    }
+
+    async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
+        let q = sqlx::query(&self.sql.touch)
+            .bind(&id.as_bytes()[..])
+            .bind(unix_millis(expires_at))
+            .bind(now_millis());
+        Ok(self
+            .run("touch", q.execute(&self.pool))
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn flush(&self) -> Result<u64> {
+        let now = now_millis();
+        let mut total = 0;
+        loop {
+            let q = sqlx::query(&self.sql.flush).bind(now);
+            let deleted = self
+                .run("flush", q.execute(&self.pool))
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < DELETE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn clear(&self) -> Result<()> {
+        loop {
+            let q = sqlx::query(&self.sql.clear);
+            let deleted = self
+                .run("clear", q.execute(&self.pool))
+                .await?
+                .rows_affected();
+            if deleted < DELETE_BATCH as u64 {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn len(&self) -> Result<u64> {
+        let q = sqlx::query_scalar::<_, i64>(&self.sql.len).bind(now_millis());
+        Ok(self.run("len", q.fetch_one(&self.pool)).await?.max(0) as u64)
+    }
+}
+
+/// A throwaway PostgreSQL in a Docker container, for users who have Docker.
+#[cfg(feature = "testcontainers")]
+pub mod container {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner as _;
+    use testcontainers_modules::testcontainers::ContainerAsync;
+
+    use super::{PostgresStore, Result, STORE};
+    use session_store::Error;
+
+    /// Starts a PostgreSQL container, connects a store to it and migrates.
+    /// Keep the container alive as long as the store is used.
+    pub async fn start() -> Result<(ContainerAsync<Postgres>, PostgresStore)> {
+        let container = Postgres::default()
+            .start()
+            .await
+            .map_err(|e| Error::backend(STORE, "starting a PostgreSQL container", e))?;
+        let port = container
+            .get_host_port_ipv4(5432)
+            .await
+            .map_err(|e| Error::backend(STORE, "reading the container's port", e))?;
+        let store = PostgresStore::connect(&format!(
+            "postgres://postgres:postgres@127.0.0.1:{port}/postgres"
+        ))
+        .await?;
+        store.migrate().await?;
+        Ok((container, store))
+    }
+}
