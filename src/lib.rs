@@ -9,6 +9,7 @@
 //! | `redis` | `RedisStore` | `session-store-redis` |
 //! | `sqlite` | `SqliteStore` | `session-store-sqlite` |
 //! | `postgres` | `PostgresStore` | `session-store-postgres` |
+//! | `fs` | `FsStore` | `session-store-fs` |
 //!
 //! Everything from the core crate (`session-store`) is re-exported here: the
 //! [`SessionInterface`] trait, [`Session`], [`SessionManager`] and friends.
@@ -33,6 +34,12 @@ pub use session_store_sqlite::{SqliteConfig, SqliteStore};
 pub use session_store_postgres as postgres;
 #[cfg(feature = "postgres")]
 pub use session_store_postgres::{PostgresConfig, PostgresStore};
+
+/// The file store (feature `fs`).
+#[cfg(feature = "fs")]
+pub use session_store_fs as fs;
+#[cfg(feature = "fs")]
+pub use session_store_fs::{FsConfig, FsStore};
 
 /// The in-memory store (feature `memory`).
 #[cfg(feature = "memory")]
