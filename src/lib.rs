@@ -41,6 +41,10 @@ pub use session_store_fs as fs;
 #[cfg(feature = "fs")]
 pub use session_store_fs::{FsConfig, FsStore};
 
+/// axum / tower integration (feature `axum`): `SessionLayer` and the `Session` extractor.
+#[cfg(feature = "axum")]
+pub use session_axum as axum;
+
 /// The in-memory store (feature `memory`).
 #[cfg(feature = "memory")]
 pub use session_store_memory::MemoryStore;
