@@ -124,20 +124,21 @@ where
             };
             match committed {
                 Ok(None) => Ok(response),
-                Ok(Some(cookie)) => {
-                    match HeaderValue::from_str(&cookie.encoded().to_string()) {
-                        Ok(value) => {
-                            let headers = response.headers_mut();
-                            headers.append(SET_COOKIE, value);
-                            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                            Ok(response)
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "session cookie is not a valid header");
-                            Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, "session cookie error"))
-                        }
+                Ok(Some(cookie)) => match HeaderValue::from_str(&cookie.encoded().to_string()) {
+                    Ok(value) => {
+                        let headers = response.headers_mut();
+                        headers.append(SET_COOKIE, value);
+                        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        Ok(response)
                     }
-                }
+                    Err(e) => {
+                        tracing::error!(error = %e, "session cookie is not a valid header");
+                        Ok(plain(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "session cookie error",
+                        ))
+                    }
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "could not save the session");
                     Ok(plain(
@@ -167,7 +168,9 @@ impl Session {
     fn lock(&self) -> MutexGuard<'_, Option<ActiveSession>> {
         // Each change is applied whole under the lock, so a panicking
         // handler cannot leave the session half-changed.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` on the session, unless the layer already committed it (the

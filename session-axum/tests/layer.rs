@@ -12,7 +12,10 @@ use session_store::{SessionConfig, SessionManager};
 use session_store_memory::MemoryStore;
 use tower::ServiceExt as _;
 
-async fn set_key(session: Session, Path(key): Path<String>) -> Result<&'static str, SessionRejection> {
+async fn set_key(
+    session: Session,
+    Path(key): Path<String>,
+) -> Result<&'static str, SessionRejection> {
     // Slow enough that two requests overlap between load and save.
     tokio::time::sleep(Duration::from_millis(50)).await;
     session.insert(&key, &true)?;
@@ -52,16 +55,26 @@ async fn call(app: &Router, uri: &str, cookie: Option<&str>) -> axum::response::
     if let Some(cookie) = cookie {
         request = request.header(COOKIE, cookie);
     }
-    app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
+    app.clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
 }
 
 async fn body(response: axum::response::Response) -> String {
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 fn cookie_pair(response: &axum::response::Response) -> String {
-    let set = response.headers().get(SET_COOKIE).expect("Set-Cookie").to_str().unwrap();
+    let set = response
+        .headers()
+        .get(SET_COOKIE)
+        .expect("Set-Cookie")
+        .to_str()
+        .unwrap();
     set.split(';').next().unwrap().to_owned()
 }
 
@@ -78,7 +91,10 @@ async fn racing_requests_keep_both_changes() {
     );
     assert_eq!(a.status(), StatusCode::OK);
     assert_eq!(b.status(), StatusCode::OK);
-    assert!(a.headers().get(SET_COOKIE).is_none(), "an update re-sent the cookie");
+    assert!(
+        a.headers().get(SET_COOKIE).is_none(),
+        "an update re-sent the cookie"
+    );
     let keys = body(call(&app, "/keys", Some(&cookie)).await).await;
     assert_eq!(keys, "base,a,b", "a racing request lost the other's change");
 }
@@ -97,7 +113,13 @@ async fn logout_expires_the_cookie_and_the_session() {
     let app = app();
     let cookie = cookie_pair(&call(&app, "/set/base", None).await);
     let response = call(&app, "/logout", Some(&cookie)).await;
-    let set = response.headers().get(SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+    let set = response
+        .headers()
+        .get(SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(set.contains("Max-Age=0"), "{set}");
     assert_eq!(body(call(&app, "/keys", Some(&cookie)).await).await, "");
 }
@@ -106,7 +128,13 @@ async fn logout_expires_the_cookie_and_the_session() {
 async fn hostile_cookies_get_a_fresh_session_not_an_error() {
     let app = app();
     let long = format!("id={}", "A".repeat(10_240));
-    for cookie in ["id=../../etc", "id=\u{1F600}", long.as_str(), "id=a; id=b; id=c", "garbage"] {
+    for cookie in [
+        "id=../../etc",
+        "id=\u{1F600}",
+        long.as_str(),
+        "id=a; id=b; id=c",
+        "garbage",
+    ] {
         let response = call(&app, "/keys", Some(cookie)).await;
         assert_eq!(response.status(), StatusCode::OK, "{cookie}");
         assert_eq!(body(response).await, "");
@@ -116,7 +144,10 @@ async fn hostile_cookies_get_a_fresh_session_not_an_error() {
 #[tokio::test]
 async fn the_extractor_without_the_layer_is_a_clear_500() {
     let app = Router::new().route("/keys", get(keys));
-    let response = app.oneshot(Request::get("/keys").body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .oneshot(Request::get("/keys").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body(response).await, "session layer missing");
 }
