@@ -317,7 +317,7 @@ impl SessionInterface for RedisStore {
     async fn create(&self, session: &Session) -> Result<()> {
         let key = self.key(&session.id());
         let bytes = codec::encode(session, session.version())?;
-        let expires_at = session.expires_at_millis().max(now_millis() + 1);
+        let expires_at = session.expires_at_millis();
         let stored: Option<String> = self
             .run("create", |mut conn| async move {
                 redis::cmd("SET")
@@ -340,7 +340,7 @@ impl SessionInterface for RedisStore {
         let key = self.key(&session.id());
         let version = expected_version + 1;
         let bytes = codec::encode(session, version)?;
-        let expires_at = session.expires_at_millis().max(now_millis() + 1);
+        let expires_at = session.expires_at_millis();
         let script = &self.update_script;
         let outcome: i64 = self
             .run("update", |mut conn| async move {

@@ -1,6 +1,8 @@
 //! Shared by the backend tests: reaching servers, skipping, unique names.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 /// What to do when a backend's server cannot be reached: with `CI` set,
 /// fail loudly; otherwise skip with one clear line.
 pub fn unreachable(backend: &str, address: &str, error: impl std::fmt::Display) {

@@ -1,0 +1,303 @@
+//! Hostile input, table-driven, through the SessionManager and the axum
+//! layer: every row gets a fresh session (never a 500, never a panic), and a
+//! counting wrapper store proves no malformed id ever reached a store.
+#![cfg(all(feature = "memory", feature = "axum"))]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header::COOKIE, HeaderValue, Request, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use server_session::axum::{Session as AxumSession, SessionLayer, SessionRejection};
+use server_session::cookie::{Cookie, CookieJar, Key};
+use server_session::time::OffsetDateTime;
+use server_session::{
+    async_trait, jar_from_cookie_headers, MemoryStore, Result, Session, SessionConfig, SessionId,
+    SessionInterface, SessionManager, SessionToken, UpdateOutcome,
+};
+use tower::ServiceExt as _;
+
+/// Records every id any operation received.
+#[derive(Debug, Default)]
+struct Counting {
+    inner: MemoryStore,
+    seen: Mutex<Vec<SessionId>>,
+}
+
+impl Counting {
+    fn saw(&self, id: SessionId) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push(id);
+        }
+    }
+    fn take(&self) -> Vec<SessionId> {
+        self.seen
+            .lock()
+            .map(|mut s| s.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl SessionInterface for Counting {
+    async fn exists(&self, id: &SessionId) -> Result<bool> {
+        self.saw(*id);
+        self.inner.exists(id).await
+    }
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
+        self.saw(*id);
+        self.inner.get(id).await
+    }
+    async fn set(&self, session: &Session) -> Result<()> {
+        self.saw(session.id());
+        self.inner.set(session).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<()> {
+        self.saw(*id);
+        self.inner.delete(id).await
+    }
+    async fn create(&self, session: &Session) -> Result<()> {
+        self.saw(session.id());
+        self.inner.create(session).await
+    }
+    async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
+        self.saw(session.id());
+        self.inner.update(session, expected_version).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
+        self.saw(*id);
+        self.inner.touch(id, expires_at).await
+    }
+    async fn flush(&self) -> Result<u64> {
+        self.inner.flush().await
+    }
+    async fn clear(&self) -> Result<()> {
+        self.inner.clear().await
+    }
+    async fn len(&self) -> Result<u64> {
+        self.inner.len().await
+    }
+}
+
+fn signed(key: &Key, value: &str) -> String {
+    let mut jar = CookieJar::new();
+    jar.signed_mut(key).add(Cookie::new("id", value.to_owned()));
+    format!(
+        "id={}",
+        jar.get("id")
+            .map(|c| c.value().to_owned())
+            .unwrap_or_default()
+    )
+}
+
+/// What a row may make the store see.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reaches {
+    /// Nothing: refused before any store call.
+    Nothing,
+    /// Only a lookup of this well-formed, server-side unknown id.
+    LookupOf(SessionId),
+}
+
+struct Row {
+    name: &'static str,
+    headers: Vec<String>,
+    reaches: Reaches,
+}
+
+async fn rows(store: &Counting, current: &Key, retired: &Key) -> Vec<Row> {
+    // An expired session the server really issued.
+    let expired_token = SessionToken::generate();
+    let mut old = Session::new(expired_token.id(), Duration::from_secs(1));
+    old.set_expires_at_millis(server_session::now_millis() - 1000);
+    store.inner.set(&old).await.expect("seed expired");
+    // A live session, for the signature rows.
+    let live_token = SessionToken::generate();
+    let live = Session::new(live_token.id(), Duration::from_secs(600));
+    store.inner.create(&live).await.expect("seed live");
+    let never_issued = SessionToken::generate();
+    let tampered = {
+        let good = signed(current, live_token.as_str());
+        let mut bytes = good.into_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).expect("ascii")
+    };
+    vec![
+        Row {
+            name: "10 KB value",
+            headers: vec![format!("id={}", "A".repeat(10_240))],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "invalid base64",
+            headers: vec!["id=!!!not*base64~~~~~~~~~~~".into()],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "NUL bytes",
+            headers: vec!["id=AAAAAAAAAA\0AAAAAAAAAAAAAAAAAAAAAA".into()],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "unicode",
+            headers: vec!["id=ééééééééééééééééééééééééééééé🎉".into()],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "path traversal",
+            headers: vec!["id=../../../../etc/passwd".into()],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "empty",
+            headers: vec!["id=".into()],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "unsigned valid token",
+            headers: vec![format!("id={}", live_token.as_str())],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "bad signature",
+            headers: vec![tampered],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "retired key's signature",
+            headers: vec![signed(retired, live_token.as_str())],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "signed garbage",
+            headers: vec![signed(current, "../../etc/passwd")],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "expired session's id",
+            headers: vec![signed(current, expired_token.as_str())],
+            reaches: Reaches::LookupOf(expired_token.id()),
+        },
+        Row {
+            name: "id the server never issued (signed by a stolen key)",
+            headers: vec![signed(current, never_issued.as_str())],
+            reaches: Reaches::LookupOf(never_issued.id()),
+        },
+        Row {
+            name: "many Cookie headers at once",
+            headers: (0..200).map(|i| format!("id=junk{i}; other=x")).collect(),
+            reaches: Reaches::Nothing,
+        },
+    ]
+}
+
+fn config(current: &Key, previous: &Key) -> SessionConfig {
+    SessionConfig {
+        secure: false,
+        signing_keys: vec![current.clone(), previous.clone()],
+        ..SessionConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn hostile_cookies_through_the_manager() {
+    let store = Arc::new(Counting::default());
+    let (current, previous, retired) = (Key::generate(), Key::generate(), Key::generate());
+    let manager = SessionManager::new(store.clone(), config(&current, &previous)).expect("manager");
+    for row in rows(&store, &current, &retired).await {
+        store.take();
+        let jar = jar_from_cookie_headers(row.headers.iter().map(String::as_str));
+        let mut session = manager
+            .start(&jar)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", row.name));
+        assert!(session.is_new(), "{}: loaded a session", row.name);
+        let seen = store.take();
+        match row.reaches {
+            Reaches::Nothing => assert!(
+                seen.is_empty(),
+                "{}: reached the store with {seen:?}",
+                row.name
+            ),
+            Reaches::LookupOf(id) => assert_eq!(seen, vec![id], "{}", row.name),
+        }
+        session.insert("k", &1u8).expect("insert");
+        let cookie = session
+            .commit()
+            .await
+            .expect("commit")
+            .expect("a new cookie");
+        for sent in &row.headers {
+            assert!(
+                !sent.contains(cookie.value()),
+                "{}: the client's value was adopted",
+                row.name
+            );
+        }
+        let created = store.take();
+        assert_eq!(
+            created,
+            vec![session.id()],
+            "{}: stored under an unexpected id",
+            row.name
+        );
+        if let Reaches::LookupOf(id) = row.reaches {
+            assert_ne!(session.id(), id, "{}: the unknown id was adopted", row.name);
+        }
+    }
+}
+
+async fn touch_session(
+    session: AxumSession,
+) -> std::result::Result<&'static str, SessionRejection> {
+    session.modify("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+    Ok("ok")
+}
+
+#[tokio::test]
+async fn hostile_cookies_through_the_axum_layer() {
+    let store = Arc::new(Counting::default());
+    let (current, previous, retired) = (Key::generate(), Key::generate(), Key::generate());
+    let manager = SessionManager::new(store.clone(), config(&current, &previous)).expect("manager");
+    let app = Router::new()
+        .route("/", get(touch_session))
+        .layer(SessionLayer::new(Arc::new(manager)));
+    for row in rows(&store, &current, &retired).await {
+        store.take();
+        let mut request = Request::get("/");
+        let values: Vec<_> = row
+            .headers
+            .iter()
+            .map(|h| HeaderValue::from_bytes(h.as_bytes()))
+            .collect();
+        if values.iter().any(Result::is_err) {
+            // Not a valid header value (a NUL byte): the HTTP server rejects
+            // the request before any application code sees it.
+            continue;
+        }
+        for value in values.into_iter().flatten() {
+            request = request.header(COOKIE, value);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{}", row.name);
+        assert!(
+            response.headers().contains_key("set-cookie"),
+            "{}: no fresh session",
+            row.name
+        );
+        let seen = store.take();
+        let lookups: Vec<_> = seen
+            .iter()
+            .filter(|id| matches!(row.reaches, Reaches::LookupOf(x) if x == **id))
+            .collect();
+        // Besides the one lookup allowed, the store saw only the fresh session's id.
+        assert!(seen.len() - lookups.len() <= 1, "{}: {seen:?}", row.name);
+    }
+}
