@@ -31,10 +31,21 @@ pub const EXPIRES_AT_RANGE: std::ops::Range<usize> = 17..25;
 /// A body larger than this is refused as corrupt rather than allocated.
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
-#[derive(bincode::Encode, bincode::Decode)]
-struct BodyV1 {
-    data: BTreeMap<String, Vec<u8>>,
-    flash: BTreeMap<String, Vec<u8>>,
+/// The body as decoded: borrowed from the input. A map is encoded as its
+/// length and then its entries, so it decodes as a sequence of pairs; owned
+/// copies are made once from these slices (bincode's owned decoding of
+/// `Vec<u8>` zero-fills each buffer first).
+#[derive(bincode::BorrowDecode)]
+struct BodyV1Borrowed<'a> {
+    data: Vec<(&'a str, &'a [u8])>,
+    flash: Vec<(&'a str, &'a [u8])>,
+}
+
+fn owned(pairs: Vec<(&str, &[u8])>) -> BTreeMap<String, Vec<u8>> {
+    pairs
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_vec()))
+        .collect()
 }
 
 #[derive(bincode::Encode)]
@@ -46,7 +57,15 @@ struct BodyV1Ref<'a> {
 /// Encodes `session` with `version` in the header (which may differ from
 /// `session.version()`: `update` writes the next version).
 pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    // Sized up front (lengths plus room for the varint prefixes) so the
+    // encoder never reallocates.
+    let body: usize = session
+        .data()
+        .iter()
+        .chain(session.flash())
+        .map(|(k, v)| k.len() + v.len() + 18)
+        .sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + 18 + body);
     out.push(FORMAT_V1);
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&session.created_at_millis().to_be_bytes());
@@ -69,15 +88,16 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
 pub fn decode(id: SessionId, bytes: &[u8], origin: &str) -> Result<Session> {
     let header = header(bytes, origin)?;
     let config = bincode::config::standard().with_limit::<MAX_BODY>();
-    let (body, read): (BodyV1, usize) = bincode::decode_from_slice(&bytes[HEADER_LEN..], config)
-        .map_err(|e| Error::decode(origin, e))?;
+    let (body, read): (BodyV1Borrowed<'_>, usize) =
+        bincode::borrow_decode_from_slice(&bytes[HEADER_LEN..], config)
+            .map_err(|e| Error::decode(origin, e))?;
     if HEADER_LEN + read != bytes.len() {
         return Err(Error::decode(origin, "trailing bytes after the record"));
     }
     Ok(Session::from_parts(
         id,
-        body.data,
-        body.flash,
+        owned(body.data),
+        owned(body.flash),
         header.created_at_ms,
         header.expires_at_ms,
         header.version,

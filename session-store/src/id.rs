@@ -121,7 +121,19 @@ impl SessionId {
 
     /// The 64-hex-digit form.
     pub fn to_hex(&self) -> String {
-        self.to_string()
+        let mut out = String::with_capacity(64);
+        self.push_hex(&mut out);
+        out
+    }
+
+    /// Appends the 64-hex-digit form to `out` (stores build keys with it
+    /// without a formatting pass).
+    pub fn push_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for b in self.0 {
+            out.push(DIGITS[usize::from(b >> 4)] as char);
+            out.push(DIGITS[usize::from(b & 0xf)] as char);
+        }
     }
 }
 
@@ -135,10 +147,7 @@ fn hex_value(b: u8) -> Option<u8> {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&self.to_hex())
     }
 }
 

@@ -53,7 +53,35 @@ impl Record {
 /// The in-memory store. Each instance is its own namespace.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    map: DashMap<SessionId, Record>,
+    map: DashMap<SessionId, Record, IdHasher>,
+}
+
+/// Hashes a [`SessionId`] by its first eight bytes. An id is already a
+/// SHA-256 digest, uniform and not chosen by clients, so hashing it again
+/// (SipHash, the default) buys nothing.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+}
+
+impl std::hash::BuildHasher for IdHasher {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
 }
 
 impl MemoryStore {

@@ -38,9 +38,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncCommands as _, Script};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use session_store::backend::{redact_url, timed};
@@ -109,6 +112,7 @@ impl RedisConfig {
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
+    lanes: Arc<Lanes>,
     prefix: String,
     address: String,
     operation_timeout: Duration,
@@ -135,6 +139,7 @@ impl RedisStore {
     /// A store over an existing pool with its own key prefix.
     pub fn with_prefix(pool: Pool, prefix: impl Into<String>) -> Self {
         RedisStore {
+            lanes: Arc::new(Lanes::for_pool(&pool)),
             pool,
             prefix: prefix.into(),
             address: "redis (pool)".into(),
@@ -167,6 +172,7 @@ impl RedisStore {
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| Error::Config(format!("redis pool for {address}: {e}")))?;
         let store = RedisStore {
+            lanes: Arc::new(Lanes::for_pool(&pool)),
             pool,
             prefix: config.prefix,
             address,
@@ -193,28 +199,37 @@ impl RedisStore {
     }
 
     fn key(&self, id: &SessionId) -> String {
-        format!("{}{}", self.prefix, id)
+        let mut key = String::with_capacity(self.prefix.len() + 64);
+        key.push_str(&self.prefix);
+        id.push_hex(&mut key);
+        key
     }
 
-    /// Takes a pooled connection and runs `op` on it, both within the
-    /// operation timeout; every failure becomes an [`Error::Backend`] naming
-    /// the operation and the address.
+    /// Runs `op` on a lane's connection within the operation timeout; every
+    /// failure becomes an [`Error::Backend`] naming the operation and the
+    /// address, and retires the lane's connection so the next use draws a
+    /// checked one from the pool (that is how the store reconnects).
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        let lane = self.lanes.pick();
         let work = async {
-            let conn = self.pool.get().await.map_err(BoxError::from)?;
+            let conn = self.lanes.connection(lane, &self.pool).await?;
             op(conn).await.map_err(BoxError::from)
         };
-        timed(
+        let result = timed(
             STORE,
             self.operation_timeout,
             || format!("{what} at {}", self.address),
             work,
         )
-        .await
+        .await;
+        if result.is_err() {
+            self.lanes.retire(lane).await;
+        }
+        result
     }
 
     /// Walks every key under the prefix with `SCAN`, handing each batch to `each`.
@@ -246,6 +261,68 @@ impl RedisStore {
                 return Ok(());
             }
             cursor = next;
+        }
+    }
+}
+
+/// Connections drawn from the pool and kept out, one per lane, each shared
+/// by many requests at once.
+///
+/// A redis `MultiplexedConnection` pipelines concurrent requests over one
+/// socket, so it is meant to be shared rather than checked out per request.
+/// Checking out per request would also cost a round trip each time:
+/// deadpool-redis checks every connection with a `PING` when handing it out.
+/// The pool still creates, checks and limits the connections; a lane whose
+/// connection failed gives it up and draws a fresh, checked one on next use.
+struct Lanes {
+    slots: Vec<tokio::sync::Mutex<Option<Lane>>>,
+    next: AtomicUsize,
+}
+
+/// The pooled object (kept out of the pool) and its shareable connection.
+struct Lane {
+    pooled: deadpool_redis::Connection,
+    shared: MultiplexedConnection,
+}
+
+impl Lanes {
+    fn for_pool(pool: &Pool) -> Self {
+        let lanes = pool.status().max_size.max(1);
+        Lanes {
+            slots: (0..lanes).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    /// The lane's connection, drawn from the pool if the lane has none. The
+    /// lane is locked while it draws, so no more connections are checked
+    /// out than there are lanes (the pool's size) and none waits forever.
+    async fn connection(
+        &self,
+        lane: usize,
+        pool: &Pool,
+    ) -> std::result::Result<MultiplexedConnection, BoxError> {
+        let mut slot = self.slots[lane].lock().await;
+        if let Some(lane) = slot.as_ref() {
+            return Ok(lane.shared.clone());
+        }
+        let pooled = pool.get().await.map_err(BoxError::from)?;
+        let shared = MultiplexedConnection::clone(&pooled);
+        *slot = Some(Lane {
+            pooled,
+            shared: shared.clone(),
+        });
+        Ok(shared)
+    }
+
+    async fn retire(&self, lane: usize) {
+        if let Some(lane) = self.slots[lane].lock().await.take() {
+            // Out of the pool for good: the pool makes a new one in its place.
+            drop(deadpool_redis::Connection::take(lane.pooled));
         }
     }
 }
