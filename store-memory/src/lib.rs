@@ -51,7 +51,7 @@ impl Record {
 }
 
 /// The in-memory store. Each instance is its own namespace.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     map: DashMap<SessionId, Record, IdHasher>,
 }
@@ -81,6 +81,22 @@ impl std::hash::BuildHasher for IdHasher {
 
     fn build_hasher(&self) -> IdHasher {
         IdHasher(0)
+    }
+}
+
+/// Lock shards. `flush` and `len` walk the map one shard at a time, holding
+/// that shard's lock: with 128 shards a million sessions make ~8,000 per
+/// shard, so other requests wait about a millisecond at most, not 20.
+const SHARDS: usize = 128;
+
+/// Deletions between two yields in `flush`.
+const FLUSH_BATCH: usize = 1024;
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            map: DashMap::with_capacity_and_hasher_and_shard_amount(0, IdHasher::default(), SHARDS),
+        }
     }
 }
 
@@ -168,12 +184,29 @@ impl SessionInterface for MemoryStore {
 
     async fn flush(&self) -> Result<u64> {
         let now = now_millis();
+        // Find under read locks, then delete in small batches, yielding in
+        // between: a million-session sweep never holds a lock, or a runtime
+        // thread, for long.
+        let expired: Vec<SessionId> = self
+            .map
+            .iter()
+            .filter(|entry| !entry.is_live(now))
+            .map(|entry| *entry.key())
+            .collect();
         let mut removed = 0u64;
-        self.map.retain(|_, record| {
-            let keep = record.is_live(now);
-            removed += u64::from(!keep);
-            keep
-        });
+        for batch in expired.chunks(FLUSH_BATCH) {
+            for id in batch {
+                // Re-checked: it may have been touched since.
+                if self
+                    .map
+                    .remove_if(id, |_, record| !record.is_live(now))
+                    .is_some()
+                {
+                    removed += 1;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
         Ok(removed)
     }
 
