@@ -60,7 +60,7 @@ async fn fill(store: &Arc<dyn SessionInterface>, n: usize, short_every: usize) -
                     if i >= n {
                         break;
                     }
-                    let short = short_every > 0 && i % short_every == 0;
+                    let short = short_every > 0 && i.is_multiple_of(short_every);
                     let ttl = if short {
                         Duration::from_secs(1)
                     } else {
