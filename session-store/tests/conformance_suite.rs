@@ -1,5 +1,6 @@
 //! The suite passes a correct store and fails deliberately broken ones, so
 //! we know it can fail.
+#![cfg(feature = "conformance")]
 
 use std::sync::Arc;
 

@@ -1,0 +1,136 @@
+//! Manager behaviour beyond the store contract: store swapping, custom
+//! token generators, cookie options.
+#![cfg(feature = "conformance")]
+
+use std::sync::Arc;
+
+use session_store::conformance::ReferenceStore;
+use session_store::cookie::{CookieJar, SameSite};
+use session_store::{
+    jar_from_cookie_headers, Error, SessionConfig, SessionInterface, SessionManager, SessionToken,
+};
+
+fn dev() -> SessionConfig {
+    SessionConfig {
+        secure: false,
+        ..SessionConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn set_operations_swaps_the_store_without_disturbing_requests_in_flight() {
+    let (a, b) = (
+        Arc::new(ReferenceStore::new()),
+        Arc::new(ReferenceStore::new()),
+    );
+    let manager = SessionManager::new(a.clone(), dev()).unwrap();
+    let mut in_flight = manager.start(&CookieJar::new()).await.unwrap();
+    manager.set_operations(b.clone());
+    in_flight.insert("k", &1u8).unwrap();
+    in_flight.commit().await.unwrap().expect("a cookie");
+    assert_eq!(
+        a.len().await.unwrap(),
+        1,
+        "the started request did not finish on its store"
+    );
+    assert_eq!(b.len().await.unwrap(), 0);
+    let mut next = manager.start(&CookieJar::new()).await.unwrap();
+    next.insert("k", &2u8).unwrap();
+    next.commit().await.unwrap();
+    assert_eq!(
+        b.len().await.unwrap(),
+        1,
+        "new requests did not use the new store"
+    );
+}
+
+#[tokio::test]
+async fn a_custom_token_generator_must_pass_validation() {
+    let good = SessionConfig {
+        token_generator: Some(Arc::new(|| {
+            "custom-token-of-enough-length-0123456789".to_owned()
+        })),
+        ..dev()
+    };
+    let manager = SessionManager::new(Arc::new(ReferenceStore::new()), good).unwrap();
+    let mut s = manager.start(&CookieJar::new()).await.unwrap();
+    assert_eq!(
+        s.token().as_str(),
+        "custom-token-of-enough-length-0123456789"
+    );
+    s.insert("k", &1u8).unwrap();
+    let cookie = s.commit().await.unwrap().unwrap();
+    assert_eq!(cookie.value(), "custom-token-of-enough-length-0123456789");
+
+    let bad = SessionConfig {
+        token_generator: Some(Arc::new(|| "../not a token".to_owned())),
+        ..dev()
+    };
+    let manager = SessionManager::new(Arc::new(ReferenceStore::new()), bad).unwrap();
+    assert!(matches!(
+        manager.start(&CookieJar::new()).await,
+        Err(Error::InvalidId { .. })
+    ));
+}
+
+#[tokio::test]
+async fn cookie_options_are_applied_and_checked() {
+    let config = SessionConfig {
+        cookie_name: "sid".into(),
+        host_prefix: true,
+        same_site: SameSite::Strict,
+        persistent: true,
+        ..SessionConfig::default()
+    };
+    let manager = SessionManager::new(Arc::new(ReferenceStore::new()), config).unwrap();
+    let mut s = manager.start(&CookieJar::new()).await.unwrap();
+    s.insert("k", &1u8).unwrap();
+    let cookie = s.commit().await.unwrap().unwrap();
+    assert_eq!(cookie.name(), "__Host-sid");
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(cookie.path(), Some("/"));
+    assert_eq!(cookie.same_site(), Some(SameSite::Strict));
+    assert!(cookie
+        .max_age()
+        .is_some_and(|age| age.whole_seconds() > 86_000));
+    let header = format!("__Host-sid={}", cookie.value());
+    let back = manager
+        .start(&jar_from_cookie_headers([header.as_str()]))
+        .await
+        .unwrap();
+    assert!(!back.is_new());
+
+    for bad in [
+        SessionConfig {
+            host_prefix: true,
+            secure: false,
+            ..SessionConfig::default()
+        },
+        SessionConfig {
+            host_prefix: true,
+            domain: Some("example.com".into()),
+            ..SessionConfig::default()
+        },
+        SessionConfig {
+            cookie_name: "bad name;".into(),
+            ..SessionConfig::default()
+        },
+        SessionConfig {
+            max_commit_attempts: 0,
+            ..SessionConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            SessionManager::new(Arc::new(ReferenceStore::new()), bad),
+            Err(Error::Config(_))
+        ));
+    }
+}
+
+#[test]
+fn tokens_never_show_in_debug_output() {
+    let token = SessionToken::generate();
+    let shown = format!("{token:?} {:?}", token.id());
+    assert!(!shown.contains(token.as_str()));
+    assert!(shown.contains(&token.id().to_hex()));
+}
