@@ -54,6 +54,18 @@ async fn round_trip(store: &dyn SessionInterface, s: &Session) -> CaseResult {
     Ok(())
 }
 
+/// Waits for every task; a panic or a failure in any fails the case.
+async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<R<T>>>) -> R<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(
+            task.await
+                .map_err(|e| Failure(format!("task panicked: {e}")))??,
+        );
+    }
+    Ok(out)
+}
+
 fn manager(ctx: &Ctx, config: SessionConfig) -> R<SessionManager> {
     Ok(SessionManager::new(ctx.store.clone(), config)?)
 }
@@ -831,13 +843,7 @@ pub async fn concurrent_distinct_ids(ctx: Ctx) -> CaseResult {
             Ok::<_, Failure>(s)
         }));
     }
-    let mut sessions = Vec::new();
-    for t in tasks {
-        sessions.push(
-            t.await
-                .map_err(|e| Failure(format!("task panicked: {e}")))??,
-        );
-    }
+    let sessions = joined(tasks).await?;
     check!(
         ctx.store.len().await? == 64,
         "len is not 64 after 64 creates"
@@ -865,15 +871,7 @@ pub async fn concurrent_creates_one_wins(ctx: Ctx) -> CaseResult {
             }
         }));
     }
-    let mut winners = Vec::new();
-    for t in tasks {
-        if let Some(i) = t
-            .await
-            .map_err(|e| Failure(format!("task panicked: {e}")))??
-        {
-            winners.push(i);
-        }
-    }
+    let winners: Vec<u32> = joined(tasks).await?.into_iter().flatten().collect();
     check!(
         winners.len() == 1,
         "{} creates of one id succeeded",
@@ -901,10 +899,7 @@ pub async fn concurrent_updates_one_wins_per_version(ctx: Ctx) -> CaseResult {
         }));
     }
     let mut winners = Vec::new();
-    for t in tasks {
-        let (i, outcome) = t
-            .await
-            .map_err(|e| Failure(format!("task panicked: {e}")))??;
+    for (i, outcome) in joined(tasks).await? {
         match outcome {
             UpdateOutcome::Updated { version } => {
                 check!(version == 2, "winner stored version {version}");
@@ -946,10 +941,7 @@ pub async fn manager_concurrent_increments_exact(ctx: Ctx) -> CaseResult {
             Ok::<_, Failure>(())
         }));
     }
-    for t in tasks {
-        t.await
-            .map_err(|e| Failure(format!("task panicked: {e}")))??;
-    }
+    joined(tasks).await?;
     let s = m.start(&jar_with(&cookie)).await?;
     let count = s.get::<u64>("count")?;
     check!(count == Some(64), "64 increments counted {count:?}");
@@ -972,10 +964,7 @@ pub async fn manager_concurrent_keys_merge(ctx: Ctx) -> CaseResult {
             Ok::<_, Failure>(())
         }));
     }
-    for t in tasks {
-        t.await
-            .map_err(|e| Failure(format!("task panicked: {e}")))??;
-    }
+    joined(tasks).await?;
     let s = m.start(&jar_with(&cookie)).await?;
     for i in 0..16u64 {
         check!(
