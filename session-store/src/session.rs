@@ -23,9 +23,23 @@ pub fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u
 
 /// Decodes one value stored by [`encode_value`]; trailing bytes are an error,
 /// so reading a value back as a narrower type fails instead of guessing.
+///
+/// A corrupt length prefix must not make the decoder allocate whatever it
+/// claims (found by fuzzing: a 300-byte record asked for 1.4 EB). Decoded
+/// sizes are capped at 64 times the encoded size (room for varint-packed
+/// numbers widening in memory), at least 1 MiB and at most 64 MiB.
 pub fn decode_value<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
-    let (value, read) = bincode::serde::decode_from_slice::<T, _>(bytes, VALUE_CONFIG)
-        .map_err(|e| Error::decode(key, e))?;
+    let budget = bytes.len().saturating_mul(64);
+    let decoded = if budget <= 1 << 20 {
+        decode_within::<T, { 1 << 20 }>(bytes)
+    } else if budget <= 4 << 20 {
+        decode_within::<T, { 4 << 20 }>(bytes)
+    } else if budget <= 16 << 20 {
+        decode_within::<T, { 16 << 20 }>(bytes)
+    } else {
+        decode_within::<T, { 64 << 20 }>(bytes)
+    };
+    let (value, read) = decoded.map_err(|e| Error::decode(key, e))?;
     if read != bytes.len() {
         return Err(Error::decode(
             key,
@@ -33,6 +47,12 @@ pub fn decode_value<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
         ));
     }
     Ok(value)
+}
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice::<T, _>(bytes, VALUE_CONFIG.with_limit::<LIMIT>())
 }
 
 /// Milliseconds since the Unix epoch: the precision of every stored time.
@@ -259,6 +279,27 @@ mod tests {
         assert!(s.remove("n"));
         assert!(!s.contains_key("n"));
         assert_eq!(s.keys().collect::<Vec<_>>(), ["s"]);
+    }
+
+    #[test]
+    fn a_corrupt_length_prefix_is_an_error_not_a_huge_allocation() {
+        // From the record_decode fuzz target: a string claiming ~1.4 EB.
+        let claim = [0xffu8, 0x14, 0x14, 0x14, 0x14, 0x14, 0x14, 0x14, 0x14, b'x'];
+        assert!(matches!(
+            decode_value::<String>("k", &claim),
+            Err(Error::Decode { .. })
+        ));
+        assert!(matches!(
+            decode_value::<Vec<u64>>("k", &claim),
+            Err(Error::Decode { .. })
+        ));
+        // Just past the cap for a small value: refused, not allocated.
+        let mut big_claim = vec![0xfc];
+        big_claim.extend_from_slice(&(2u32 << 20).to_le_bytes());
+        assert!(matches!(
+            decode_value::<String>("k", &big_claim),
+            Err(Error::Decode { .. })
+        ));
     }
 
     #[test]
