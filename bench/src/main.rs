@@ -14,6 +14,7 @@ use server_session::{
     RedisConfig, RedisStore, Session, SessionConfig, SessionId, SessionInterface, SessionManager,
     SessionToken, SqliteConfig, SqliteStore, UpdateOutcome,
 };
+use server_session_bench::peer_record;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -117,27 +118,10 @@ fn parse_args() -> Args {
     a
 }
 
-/// The peer's record: a user id, a CSRF token and small fields; `large`
-/// adds a 3.9 KB string.
+/// The peer's record (see [`peer_record`]), expiring in an hour.
 fn new_session(large: bool) -> Session {
-    let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
-    let fill = |s: &mut Session| -> server_session::Result<()> {
-        s.insert("user_id", &4_815_162_342u64)?;
-        s.insert(
-            "csrf_token",
-            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        )?;
-        s.insert("locale", "en-US")?;
-        s.insert("theme", "dark")?;
-        s.insert("last_path", "/account/settings/notifications")?;
-        s.insert("visits", &0u64)?;
-        if large {
-            s.insert("blob", &"x".repeat(3900))?;
-        }
-        Ok(())
-    };
-    fill(&mut s).unwrap_or_else(|e| die(&format!("building the record: {e}")));
-    s
+    peer_record(Duration::from_secs(3600), large)
+        .unwrap_or_else(|e| die(&format!("building the record: {e}")))
 }
 
 /// Refuse anything but loopback: this tool only ever loads local servers.

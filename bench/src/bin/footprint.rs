@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use server_session::{MemoryStore, Session, SessionInterface, SessionToken};
+use server_session::{MemoryStore, Session, SessionInterface};
 use tower_sessions::session::{Id, Record};
 use tower_sessions::SessionStore as _;
 
@@ -22,23 +22,13 @@ fn rss_bytes() -> u64 {
 }
 
 fn ours() -> Session {
-    let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
-    let filled = (|| -> server_session::Result<()> {
-        s.insert("user_id", &4_815_162_342u64)?;
-        s.insert(
-            "csrf_token",
-            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        )?;
-        s.insert("locale", "en-US")?;
-        s.insert("theme", "dark")?;
-        s.insert("last_path", "/account/settings/notifications")?;
-        s.insert("visits", &0u64)
-    })();
-    if let Err(e) = filled {
-        eprintln!("footprint: {e}");
-        std::process::exit(1);
+    match server_session_bench::peer_record(Duration::from_secs(3600), false) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("footprint: {e}");
+            std::process::exit(1);
+        }
     }
-    s
 }
 
 fn theirs() -> Record {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use server_session::{
-    MemoryStore, PostgresConfig, PostgresStore, RedisConfig, RedisStore, Session, SessionId,
-    SessionInterface, SessionToken,
+    MemoryStore, PostgresConfig, PostgresStore, RedisConfig, RedisStore, SessionId,
+    SessionInterface,
 };
 
 fn status_kb(field: &str) -> u64 {
@@ -34,18 +34,6 @@ fn env_usize(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn record(ttl: Duration) -> Session {
-    let mut s = Session::new(SessionToken::generate().id(), ttl);
-    let _ = s.insert("user_id", &4_815_162_342u64);
-    let _ = s.insert(
-        "csrf_token",
-        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-    );
-    let _ = s.insert("locale", "en-US");
-    let _ = s.insert("visits", &0u64);
-    s
 }
 
 async fn fill(store: &Arc<dyn SessionInterface>, n: usize, short_every: usize) -> Vec<SessionId> {
@@ -66,7 +54,9 @@ async fn fill(store: &Arc<dyn SessionInterface>, n: usize, short_every: usize) -
                     } else {
                         Duration::from_secs(3600)
                     };
-                    let s = record(ttl);
+                    let Ok(s) = server_session_bench::peer_record(ttl, false) else {
+                        continue;
+                    };
                     if store.create(&s).await.is_ok() && !short {
                         if let Ok(mut live) = live.lock() {
                             live.push(s.id());
