@@ -20,24 +20,19 @@ fn temp_root() -> PathBuf {
 /// A fresh directory per store, removed after the case.
 #[derive(Default)]
 struct TempDirs {
-    made: std::sync::Mutex<Vec<PathBuf>>,
+    made: common::Made<PathBuf>,
 }
 
 #[async_trait]
 impl StoreFactory for TempDirs {
     async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
         let root = temp_root();
-        self.made.lock().ok()?.push(root.clone());
+        self.made.keep(root.clone());
         Some(Arc::new(FsStore::open(root).await.expect("temp dir store")))
     }
 
     async fn cleanup(&self, _store: Arc<dyn SessionInterface>) {
-        let made: Vec<_> = self
-            .made
-            .lock()
-            .map(|mut m| m.drain(..).collect())
-            .unwrap_or_default();
-        for root in made {
+        for root in self.made.take() {
             let _ = std::fs::remove_dir_all(root);
         }
     }

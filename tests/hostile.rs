@@ -3,7 +3,9 @@
 //! counting wrapper store proves no malformed id ever reached a store.
 #![cfg(all(feature = "memory", feature = "axum"))]
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,51 +25,37 @@ use tower::ServiceExt as _;
 #[derive(Debug, Default)]
 struct Counting {
     inner: MemoryStore,
-    seen: Mutex<Vec<SessionId>>,
-}
-
-impl Counting {
-    fn saw(&self, id: SessionId) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push(id);
-        }
-    }
-    fn take(&self) -> Vec<SessionId> {
-        self.seen
-            .lock()
-            .map(|mut s| s.drain(..).collect())
-            .unwrap_or_default()
-    }
+    seen: common::Made<SessionId>,
 }
 
 #[async_trait]
 impl SessionInterface for Counting {
     async fn exists(&self, id: &SessionId) -> Result<bool> {
-        self.saw(*id);
+        self.seen.keep(*id);
         self.inner.exists(id).await
     }
     async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
-        self.saw(*id);
+        self.seen.keep(*id);
         self.inner.get(id).await
     }
     async fn set(&self, session: &Session) -> Result<()> {
-        self.saw(session.id());
+        self.seen.keep(session.id());
         self.inner.set(session).await
     }
     async fn delete(&self, id: &SessionId) -> Result<()> {
-        self.saw(*id);
+        self.seen.keep(*id);
         self.inner.delete(id).await
     }
     async fn create(&self, session: &Session) -> Result<()> {
-        self.saw(session.id());
+        self.seen.keep(session.id());
         self.inner.create(session).await
     }
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
-        self.saw(session.id());
+        self.seen.keep(session.id());
         self.inner.update(session, expected_version).await
     }
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
-        self.saw(*id);
+        self.seen.keep(*id);
         self.inner.touch(id, expires_at).await
     }
     async fn flush(&self) -> Result<u64> {
@@ -208,14 +196,14 @@ async fn hostile_cookies_through_the_manager() {
     let (current, previous, retired) = (Key::generate(), Key::generate(), Key::generate());
     let manager = SessionManager::new(store.clone(), config(&current, &previous)).expect("manager");
     for row in rows(&store, &current, &retired).await {
-        store.take();
+        store.seen.take();
         let jar = jar_from_cookie_headers(row.headers.iter().map(String::as_str));
         let mut session = manager
             .start(&jar)
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", row.name));
         assert!(session.is_new(), "{}: loaded a session", row.name);
-        let seen = store.take();
+        let seen = store.seen.take();
         match row.reaches {
             Reaches::Nothing => assert!(
                 seen.is_empty(),
@@ -237,7 +225,7 @@ async fn hostile_cookies_through_the_manager() {
                 row.name
             );
         }
-        let created = store.take();
+        let created = store.seen.take();
         assert_eq!(
             created,
             vec![session.id()],
@@ -266,7 +254,7 @@ async fn hostile_cookies_through_the_axum_layer() {
         .route("/", get(touch_session))
         .layer(SessionLayer::new(Arc::new(manager)));
     for row in rows(&store, &current, &retired).await {
-        store.take();
+        store.seen.take();
         let mut request = Request::get("/");
         let values: Vec<_> = row
             .headers
@@ -292,7 +280,7 @@ async fn hostile_cookies_through_the_axum_layer() {
             "{}: no fresh session",
             row.name
         );
-        let seen = store.take();
+        let seen = store.seen.take();
         let lookups: Vec<_> = seen
             .iter()
             .filter(|id| matches!(row.reaches, Reaches::LookupOf(x) if x == **id))

@@ -38,24 +38,19 @@ async fn fresh_store() -> Option<PostgresStore> {
 /// Makes a table per store and drops them all after the case.
 #[derive(Default)]
 struct Postgres {
-    made: std::sync::Mutex<Vec<Arc<PostgresStore>>>,
+    made: common::Made<Arc<PostgresStore>>,
 }
 
 #[async_trait]
 impl StoreFactory for Postgres {
     async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
         let store = Arc::new(fresh_store().await?);
-        self.made.lock().ok()?.push(store.clone());
+        self.made.keep(store.clone());
         Some(store)
     }
 
     async fn cleanup(&self, _store: Arc<dyn SessionInterface>) {
-        let made: Vec<_> = self
-            .made
-            .lock()
-            .map(|mut m| m.drain(..).collect())
-            .unwrap_or_default();
-        for store in made {
+        for store in self.made.take() {
             if let Err(e) = store.drop_table().await {
                 eprintln!("could not drop {}: {e}", store.table());
             }

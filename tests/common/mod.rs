@@ -3,6 +3,32 @@
 
 pub mod proxy;
 
+/// What a test factory or wrapper made or saw, kept to be taken back at
+/// once (by a factory's `cleanup`, or by an assertion).
+#[derive(Debug)]
+pub struct Made<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T> Default for Made<T> {
+    fn default() -> Self {
+        Made(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Made<T> {
+    pub fn keep(&self, item: T) {
+        if let Ok(mut items) = self.0.lock() {
+            items.push(item);
+        }
+    }
+
+    pub fn take(&self) -> Vec<T> {
+        self.0
+            .lock()
+            .map(|mut items| items.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// What to do when a backend's server cannot be reached: with `CI` set,
 /// fail loudly; otherwise skip with one clear line.
 pub fn unreachable(backend: &str, address: &str, error: impl std::fmt::Display) {
