@@ -4,6 +4,31 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::error::{BoxError, Error, Result};
+use crate::id::SessionId;
+use crate::store::MAX_VERSION;
+
+/// Checks that `version` can be stored (`1..=MAX_VERSION`) and returns it as
+/// the `i64` SQL stores bind; [`Error::VersionOutOfRange`] otherwise.
+pub fn storable_version(id: SessionId, version: u64) -> Result<i64> {
+    if (1..=MAX_VERSION).contains(&version) {
+        Ok(version as i64)
+    } else {
+        Err(Error::VersionOutOfRange { id, version })
+    }
+}
+
+/// The version `update` stores after `expected_version`; refuses to go past
+/// [`MAX_VERSION`] (or to follow an impossible version) with
+/// [`Error::VersionOutOfRange`] instead of overflowing.
+pub fn next_version(id: SessionId, expected_version: u64) -> Result<u64> {
+    match expected_version.checked_add(1) {
+        Some(next) if next <= MAX_VERSION => Ok(next),
+        _ => Err(Error::VersionOutOfRange {
+            id,
+            version: expected_version,
+        }),
+    }
+}
 
 /// Runs one backend operation within `limit`. A client error or a timeout
 /// becomes [`Error::Backend`] naming `store` and `context()` (the operation

@@ -1,11 +1,12 @@
 //! The stored form of a session: a versioned envelope.
 //!
 //! ```text
-//! [0]      format byte (1)
+//! [0]      format byte (2; 1 is still read)
 //! [1..9]   version, u64 big-endian
 //! [9..17]  created_at, i64 big-endian Unix milliseconds
 //! [17..25] expires_at, i64 big-endian Unix milliseconds
-//! [25..]   bincode 2 body: data and flash maps
+//! [25..]   bincode 2 body: data and flash maps, then (format 2) the
+//!          record's recent write ids
 //! ```
 //!
 //! The fixed header lets a backend read or patch the version and expiry
@@ -19,8 +20,10 @@ use crate::error::{Error, Result};
 use crate::id::SessionId;
 use crate::session::Session;
 
-/// The only format written today.
+/// The first format: data and flash only. Still decoded, never written.
 pub const FORMAT_V1: u8 = 1;
+/// The format written today: format 1 plus the record's recent write ids.
+pub const FORMAT_V2: u8 = 2;
 /// Length of the fixed header before the body.
 pub const HEADER_LEN: usize = 25;
 /// Byte range of the big-endian version in the header.
@@ -49,9 +52,10 @@ fn owned(pairs: Vec<(&str, &[u8])>) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[derive(bincode::Encode)]
-struct BodyV1Ref<'a> {
+struct BodyV2Ref<'a> {
     data: &'a BTreeMap<String, Vec<u8>>,
     flash: &'a BTreeMap<String, Vec<u8>>,
+    recent_writes: &'a [u64],
 }
 
 /// Encodes `session` with `version` in the header (which may differ from
@@ -65,14 +69,15 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
         .chain(session.flash())
         .map(|(k, v)| k.len() + v.len() + 18)
         .sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + 18 + body);
-    out.push(FORMAT_V1);
+    let mut out = Vec::with_capacity(HEADER_LEN + 18 + body + 9 * session.recent_writes().len());
+    out.push(FORMAT_V2);
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&session.created_at_millis().to_be_bytes());
     out.extend_from_slice(&session.expires_at_millis().to_be_bytes());
-    let body = BodyV1Ref {
+    let body = BodyV2Ref {
         data: session.data(),
         flash: session.flash(),
+        recent_writes: session.recent_writes(),
     };
     bincode::encode_into_std_write(&body, &mut out, bincode::config::standard()).map_err(|e| {
         Error::Encode {
@@ -88,25 +93,38 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
 pub fn decode(id: SessionId, bytes: &[u8], origin: &str) -> Result<Session> {
     let header = header(bytes, origin)?;
     let config = bincode::config::standard().with_limit::<MAX_BODY>();
-    let (body, read): (BodyV1Borrowed<'_>, usize) =
-        bincode::borrow_decode_from_slice(&bytes[HEADER_LEN..], config)
+    let body_bytes = &bytes[HEADER_LEN..];
+    let (body, mut read): (BodyV1Borrowed<'_>, usize) =
+        bincode::borrow_decode_from_slice(body_bytes, config)
             .map_err(|e| Error::decode(origin, e))?;
+    let mut recent_writes = Vec::new();
+    if header.format == FORMAT_V2 {
+        let (writes, more): (Vec<u64>, usize) =
+            bincode::decode_from_slice(&body_bytes[read..], config.with_limit::<1024>())
+                .map_err(|e| Error::decode(origin, e))?;
+        recent_writes = writes;
+        read += more;
+    }
     if HEADER_LEN + read != bytes.len() {
         return Err(Error::decode(origin, "trailing bytes after the record"));
     }
-    Ok(Session::from_parts(
+    let mut session = Session::from_parts(
         id,
         owned(body.data),
         owned(body.flash),
         header.created_at_ms,
         header.expires_at_ms,
         header.version,
-    ))
+    );
+    session.set_recent_writes(recent_writes);
+    Ok(session)
 }
 
 /// The fixed header of a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The format byte ([`FORMAT_V1`] or [`FORMAT_V2`]).
+    pub format: u8,
     /// Stored version.
     pub version: u64,
     /// Creation time, Unix milliseconds.
@@ -123,7 +141,7 @@ pub fn header(bytes: &[u8], origin: &str) -> Result<Header> {
             format!("record of {} bytes is shorter than its header", bytes.len()),
         ));
     }
-    if bytes[0] != FORMAT_V1 {
+    if bytes[0] != FORMAT_V1 && bytes[0] != FORMAT_V2 {
         return Err(Error::decode(
             origin,
             format!("unknown record format {}", bytes[0]),
@@ -135,6 +153,7 @@ pub fn header(bytes: &[u8], origin: &str) -> Result<Header> {
         b
     };
     Ok(Header {
+        format: bytes[0],
         version: u64::from_be_bytes(be8(VERSION_RANGE)),
         created_at_ms: i64::from_be_bytes(be8(9..17)),
         expires_at_ms: i64::from_be_bytes(be8(EXPIRES_AT_RANGE)),
@@ -171,6 +190,27 @@ mod tests {
         assert_eq!(back.flash(), s.flash());
         assert_eq!(back.expires_at_millis(), s.expires_at_millis());
         assert_eq!(back.created_at_millis(), s.created_at_millis());
+        assert_eq!(back.recent_writes(), s.recent_writes());
+    }
+
+    #[test]
+    fn write_ids_round_trip_and_format_one_still_decodes() {
+        let mut s = sample();
+        s.stamp_write(7);
+        s.stamp_write(9);
+        s.stamp_write(9);
+        assert_eq!(s.recent_writes(), [9, 7]);
+        let back = decode(s.id(), &encode(&s, 2).unwrap(), "t").unwrap();
+        assert_eq!(back.recent_writes(), [9, 7]);
+
+        // A record written by v0.1 (format 1: no write ids) still loads.
+        let mut v1 = encode(&sample(), 4).unwrap();
+        v1[0] = FORMAT_V1;
+        v1.pop(); // the empty write-id list
+        let old = decode(s.id(), &v1, "t").unwrap();
+        assert_eq!(old.version(), 4);
+        assert!(old.recent_writes().is_empty());
+        assert_eq!(old.data(), sample().data());
     }
 
     #[test]
@@ -179,6 +219,8 @@ mod tests {
         let good = encode(&s, 1).unwrap();
         let mut unknown = good.clone();
         unknown[0] = 9;
+        let mut too_many_writes = good[..good.len() - 1].to_vec();
+        too_many_writes.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0x7f]);
         let mut huge_len = good[..HEADER_LEN].to_vec();
         huge_len.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0x7f]);
         let mut trailing = good.clone();
@@ -189,6 +231,7 @@ mod tests {
             unknown,
             huge_len,
             trailing,
+            too_many_writes,
             good[..good.len() - 1].to_vec(),
         ] {
             assert!(

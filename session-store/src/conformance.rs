@@ -34,10 +34,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use crate::backend::{next_version, storable_version};
 use crate::error::{Error, Result};
 use crate::id::SessionId;
 use crate::session::{now_millis, unix_millis, Session};
-use crate::store::{SessionInterface, UpdateOutcome};
+use crate::store::{DeleteOutcome, SessionInterface, UpdateOutcome};
 
 pub mod cases;
 
@@ -352,6 +353,7 @@ impl SessionInterface for ReferenceStore {
     }
 
     async fn set(&self, session: &Session) -> Result<()> {
+        storable_version(session.id(), session.version())?;
         self.with(|m| {
             m.insert(session.id(), session.clone());
         })
@@ -364,6 +366,7 @@ impl SessionInterface for ReferenceStore {
     }
 
     async fn create(&self, session: &Session) -> Result<()> {
+        storable_version(session.id(), session.version())?;
         self.with(|m| {
             if m.contains_key(&session.id()) {
                 return Err(Error::IdCollision { id: session.id() });
@@ -374,18 +377,33 @@ impl SessionInterface for ReferenceStore {
     }
 
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
+        let version = next_version(session.id(), expected_version)?;
         let now = now_millis();
         self.with(|m| match m.get(&session.id()) {
             None => UpdateOutcome::Gone,
             Some(stored) if stored.is_expired_at(now) => UpdateOutcome::Gone,
             Some(stored) if stored.version() != expected_version => UpdateOutcome::Conflict,
-            Some(_) => {
+            Some(stored) => {
                 let mut next = session.clone();
-                next.set_version(expected_version + 1);
+                next.set_version(version);
+                next.set_expires_at_millis(
+                    stored.expires_at_millis().max(session.expires_at_millis()),
+                );
                 m.insert(session.id(), next);
-                UpdateOutcome::Updated {
-                    version: expected_version + 1,
-                }
+                UpdateOutcome::Updated { version }
+            }
+        })
+    }
+
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        let now = now_millis();
+        self.with(|m| match m.get(id) {
+            None => DeleteOutcome::Gone,
+            Some(stored) if stored.is_expired_at(now) => DeleteOutcome::Gone,
+            Some(stored) if stored.version() != expected_version => DeleteOutcome::Conflict,
+            Some(_) => {
+                m.remove(id);
+                DeleteOutcome::Deleted
             }
         })
     }
@@ -394,7 +412,8 @@ impl SessionInterface for ReferenceStore {
         let now = now_millis();
         self.with(|m| match m.get_mut(id) {
             Some(s) if !s.is_expired_at(now) => {
-                s.set_expires_at_millis(unix_millis(expires_at));
+                let later = s.expires_at_millis().max(unix_millis(expires_at));
+                s.set_expires_at_millis(later);
                 true
             }
             _ => false,

@@ -74,12 +74,44 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// A save's reply was lost (the backend failed or timed out after the
+    /// request was sent) and re-reading the record could not tell whether
+    /// it landed: more than [`RECENT_WRITES`](crate::RECENT_WRITES) other
+    /// saves followed it. The save is not retried, so it is applied at most
+    /// once.
+    #[error("the outcome of saving session {id} is unknown: {reason}; it was not retried")]
+    OutcomeUnknown {
+        /// The session whose save is in doubt.
+        id: SessionId,
+        /// Why the outcome could not be established.
+        reason: String,
+    },
+
+    /// A version cannot be stored or incremented: versions live in
+    /// `1..=`[`MAX_VERSION`](crate::MAX_VERSION) so that every backend
+    /// (SQL `BIGINT` included) holds them exactly.
+    #[error("session {id}: version {version} is out of range (1..={max})", max = crate::MAX_VERSION)]
+    VersionOutOfRange {
+        /// The session.
+        id: SessionId,
+        /// The refused version.
+        version: u64,
+    },
+
     /// The configuration is unusable (a bad table name, a missing key, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
 }
 
 impl Error {
+    /// Whether the operation may have been applied although it failed: a
+    /// backend error (a timeout, a dropped connection) can come after the
+    /// server did the work. Every other error is definite: nothing was
+    /// written.
+    pub fn may_have_applied(&self) -> bool {
+        matches!(self, Error::Backend { .. })
+    }
+
     /// Builds an [`Error::Backend`].
     pub fn backend(
         store: &'static str,

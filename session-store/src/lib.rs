@@ -25,6 +25,8 @@ pub use id::{SessionId, SessionToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 pub use manager::{
     jar_from_cookie_headers, ActiveSession, SessionConfig, SessionManager, TokenGenerator,
 };
-pub use session::{decode_value, encode_value, from_unix_millis, now_millis, unix_millis, Session};
-pub use store::{SessionInterface, UpdateOutcome};
+pub use session::{
+    decode_value, encode_value, from_unix_millis, now_millis, unix_millis, Session, RECENT_WRITES,
+};
+pub use store::{DeleteOutcome, SessionInterface, UpdateOutcome, MAX_VERSION};
 pub use time;

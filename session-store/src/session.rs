@@ -95,7 +95,11 @@ pub struct Session {
     created_at_ms: i64,
     expires_at_ms: i64,
     version: u64,
+    recent_writes: Vec<u64>,
 }
+
+/// How many write ids a record remembers (see [`Session::recent_writes`]).
+pub const RECENT_WRITES: usize = 8;
 
 impl Session {
     /// A new, empty session created now, expiring after `ttl`, at version 1.
@@ -108,6 +112,7 @@ impl Session {
             created_at_ms: now,
             expires_at_ms: now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64),
             version: 1,
+            recent_writes: Vec::new(),
         }
     }
 
@@ -127,6 +132,33 @@ impl Session {
             created_at_ms,
             expires_at_ms,
             version,
+            recent_writes: Vec::new(),
+        }
+    }
+
+    /// The ids of the last saves that wrote this record, newest first (at
+    /// most [`RECENT_WRITES`]).
+    ///
+    /// The manager stamps every save with a random write id. When a save's
+    /// reply is lost (a timeout after the backend applied it), re-reading
+    /// the record and finding the id here proves the save landed, so it is
+    /// never applied a second time. Stores keep this list as part of the
+    /// encoded record; they never interpret it.
+    pub fn recent_writes(&self) -> &[u64] {
+        &self.recent_writes
+    }
+
+    /// Replaces the write-id history (for the codec and store implementations).
+    pub fn set_recent_writes(&mut self, mut writes: Vec<u64>) {
+        writes.truncate(RECENT_WRITES);
+        self.recent_writes = writes;
+    }
+
+    /// Records `write_id` as the newest write, unless it already is.
+    pub fn stamp_write(&mut self, write_id: u64) {
+        if self.recent_writes.first() != Some(&write_id) {
+            self.recent_writes.insert(0, write_id);
+            self.recent_writes.truncate(RECENT_WRITES);
         }
     }
 

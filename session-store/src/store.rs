@@ -25,6 +25,23 @@ pub enum UpdateOutcome {
     Gone,
 }
 
+/// What a compare-and-delete [`SessionInterface::delete_if`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The record was live at the expected version and is now deleted.
+    Deleted,
+    /// The record is live but at another version: someone saved first.
+    /// Nothing was deleted.
+    Conflict,
+    /// The record was already deleted or has expired (an expired record may
+    /// be deleted now).
+    Gone,
+}
+
+/// The highest version a record can hold (`i64::MAX`, so that every
+/// backend, SQL `BIGINT` included, keeps versions exactly).
+pub const MAX_VERSION: u64 = i64::MAX as u64;
+
 /// The operations every session store provides.
 ///
 /// The trait is object safe: a store can live behind
@@ -34,6 +51,22 @@ pub enum UpdateOutcome {
 /// A session is *live* when it is stored and its `expires_at` is in the
 /// future; *expired* when it is stored with an `expires_at` at or before now.
 /// Each store is its own namespace (a key prefix, a table, a directory).
+///
+/// **Whose clock.** "Now" is the store's clock: the server's for stores on
+/// a shared server (Redis `TIME`, PostgreSQL `clock_timestamp()`), so that
+/// app servers whose clocks disagree still agree on what has expired; the
+/// process's for in-process stores (memory, SQLite, files). Every operation
+/// of one store judges expiry by the same clock.
+///
+/// **Versions** live in `1..=`[`MAX_VERSION`]. `set` and `create` refuse a
+/// session whose version is outside it, and `update` refuses to go past it,
+/// with [`Error::VersionOutOfRange`](crate::Error::VersionOutOfRange);
+/// nothing is written then.
+///
+/// **Expiry moves forward only.** `update` and `touch` never make a stored
+/// expiry earlier: a slow request that computed its expiry before a faster
+/// one extended the session does not cut the session short. `set` stores
+/// exactly what it is given (the one explicit way to shorten).
 ///
 /// Every contract sentence below is checked by the conformance suite
 /// (feature `conformance`).
@@ -59,9 +92,10 @@ pub trait SessionInterface: Send + Sync + fmt::Debug {
     /// Never returns an expired session.
     async fn get(&self, id: &SessionId) -> Result<Option<Session>>;
 
-    /// Upserts `session` unconditionally, with its own `version()` and
-    /// `expires_at()`. Prefer [`create`](Self::create) and
-    /// [`update`](Self::update), which cannot lose concurrent writes.
+    /// Upserts `session` unconditionally, with its own `version()`,
+    /// `expires_at()` (earlier or later than the stored one) and write ids.
+    /// Prefer [`create`](Self::create) and [`update`](Self::update), which
+    /// cannot lose concurrent writes.
     async fn set(&self, session: &Session) -> Result<()>;
 
     /// Removes the record under `id`. Idempotent: deleting a missing record
@@ -69,31 +103,50 @@ pub trait SessionInterface: Send + Sync + fmt::Debug {
     async fn delete(&self, id: &SessionId) -> Result<()>;
 
     /// Inserts `session` (with its own `version()`) only if nothing is stored
-    /// under its id; otherwise [`Error::IdCollision`](crate::Error::IdCollision)
-    /// and the stored record is left untouched.
+    /// under its id, live or expired; otherwise
+    /// [`Error::IdCollision`](crate::Error::IdCollision) and the stored record
+    /// is left untouched.
     async fn create(&self, session: &Session) -> Result<()>;
 
-    /// Compare-and-set: stores `session` at version `expected_version + 1`
-    /// if the stored record is live and at `expected_version`
+    /// Compare-and-set: stores `session` (data, flash, write ids: the whole
+    /// record, replacing the old one) at version `expected_version + 1` if the
+    /// stored record is live and at `expected_version`
     /// ([`UpdateOutcome::Updated`]); [`UpdateOutcome::Conflict`] if it is live
     /// at another version; [`UpdateOutcome::Gone`] if it is missing or
-    /// expired. Only `Updated` writes anything. The session's `expires_at()`
-    /// is stored too.
+    /// expired. Only `Updated` writes anything. The stored expiry becomes the
+    /// later of the stored one and `session.expires_at()`.
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome>;
 
-    /// Moves the expiry of a live session to `expires_at`, leaving its data
-    /// and version alone, and returns `true`. Returns `false` and changes
-    /// nothing when the session is missing or expired: touch never revives.
+    /// Compare-and-delete: deletes the record under `id` if it is live and at
+    /// `expected_version` ([`DeleteOutcome::Deleted`]);
+    /// [`DeleteOutcome::Conflict`] and nothing deleted if it is live at
+    /// another version; [`DeleteOutcome::Gone`] if it is missing or expired.
+    ///
+    /// Regeneration retires the old id with it, so that a login racing a
+    /// logout cannot bring the logged-out session back, and a login racing a
+    /// save cannot drop that save.
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome>;
+
+    /// Moves the expiry of a live session to `expires_at` if that is later
+    /// than the stored expiry (never earlier), leaves its data, write ids and
+    /// version alone, and returns `true`. Returns `false` and changes nothing
+    /// when the session is missing or expired: touch never revives.
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool>;
 
     /// Deletes expired records and returns how many it deleted. Stores whose
-    /// backend expires records itself may return 0.
+    /// backend expires records itself may return 0. A record extended while
+    /// `flush` runs is not deleted, and `flush` does not stop before every
+    /// record that was expired when it started is gone, however many other
+    /// writers delete or extend records meanwhile.
     async fn flush(&self) -> Result<u64>;
 
-    /// Deletes every session of this store's namespace, and nothing outside it.
+    /// Deletes every session of this store's namespace, and nothing outside
+    /// it (not even a namespace whose prefix starts with this one's). It does
+    /// not stop early when other writers delete records meanwhile.
     async fn clear(&self) -> Result<()>;
 
-    /// How many live sessions this store's namespace holds.
+    /// How many live sessions this store's namespace holds (never counting
+    /// expired records, or another namespace's).
     async fn len(&self) -> Result<u64>;
 
     /// Whether this store's namespace holds no live session.

@@ -21,10 +21,11 @@
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
+use session_store::backend::{next_version, storable_version};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, Error, Result, Session, SessionId, SessionInterface,
-    UpdateOutcome,
+    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
+    SessionInterface, UpdateOutcome,
 };
 
 /// A stored record: the expiry and version are kept beside the encoded bytes
@@ -38,10 +39,16 @@ struct Record {
 
 impl Record {
     fn encode(session: &Session, version: u64) -> Result<Self> {
+        Self::encode_expiring(session, version, session.expires_at_millis())
+    }
+
+    fn encode_expiring(session: &Session, version: u64, expires_at_ms: i64) -> Result<Self> {
+        let mut bytes = codec::encode(session, version)?;
+        codec::patch_expires_at(&mut bytes, expires_at_ms, "memory record")?;
         Ok(Record {
-            expires_at_ms: session.expires_at_millis(),
+            expires_at_ms,
             version,
-            bytes: codec::encode(session, version)?.into_boxed_slice(),
+            bytes: bytes.into_boxed_slice(),
         })
     }
 
@@ -131,6 +138,7 @@ impl SessionInterface for MemoryStore {
     }
 
     async fn set(&self, session: &Session) -> Result<()> {
+        storable_version(session.id(), session.version())?;
         let record = Record::encode(session, session.version())?;
         self.map.insert(session.id(), record);
         Ok(())
@@ -142,6 +150,7 @@ impl SessionInterface for MemoryStore {
     }
 
     async fn create(&self, session: &Session) -> Result<()> {
+        storable_version(session.id(), session.version())?;
         let record = Record::encode(session, session.version())?;
         match self.map.entry(session.id()) {
             MapEntry::Occupied(_) => Err(Error::IdCollision { id: session.id() }),
@@ -153,6 +162,7 @@ impl SessionInterface for MemoryStore {
     }
 
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
+        let version = next_version(session.id(), expected_version)?;
         let now = now_millis();
         let Some(mut stored) = self.map.get_mut(&session.id()) else {
             return Ok(UpdateOutcome::Gone);
@@ -163,9 +173,28 @@ impl SessionInterface for MemoryStore {
         if stored.version != expected_version {
             return Ok(UpdateOutcome::Conflict);
         }
-        let version = expected_version + 1;
-        *stored = Record::encode(session, version)?;
+        let expires_at_ms = stored.expires_at_ms.max(session.expires_at_millis());
+        *stored = Record::encode_expiring(session, version, expires_at_ms)?;
         Ok(UpdateOutcome::Updated { version })
+    }
+
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        let now = now_millis();
+        let mut outcome = DeleteOutcome::Gone;
+        // Decided under the shard's write lock, so no save slips in between.
+        self.map.remove_if(id, |_, record| {
+            if !record.is_live(now) {
+                outcome = DeleteOutcome::Gone;
+                false
+            } else if record.version != expected_version {
+                outcome = DeleteOutcome::Conflict;
+                false
+            } else {
+                outcome = DeleteOutcome::Deleted;
+                true
+            }
+        });
+        Ok(outcome)
     }
 
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
@@ -176,7 +205,7 @@ impl SessionInterface for MemoryStore {
         if !stored.is_live(now) {
             return Ok(false);
         }
-        let expires_at_ms = unix_millis(expires_at);
+        let expires_at_ms = stored.expires_at_ms.max(unix_millis(expires_at));
         codec::patch_expires_at(&mut stored.bytes, expires_at_ms, "memory record")?;
         stored.expires_at_ms = expires_at_ms;
         Ok(true)
