@@ -50,6 +50,20 @@ pub trait StoreFactory: Send + Sync + 'static {
     /// A fresh, empty store in a namespace of its own; `None` skips the case.
     async fn make(&self) -> Option<Arc<dyn SessionInterface>>;
 
+    /// A fresh, empty store whose namespace nests inside `outer`'s (Redis:
+    /// `outer`'s prefix followed by `"admin:"`), sharing its backend, so the
+    /// suite can check that `clear`, `len` and `flush` of `outer` leave it
+    /// alone. `outer` is a store this factory made. The default `None` skips
+    /// the cases that need it (visibly, on stderr); stores whose namespaces
+    /// cannot nest (separate tables, directories) may keep it.
+    async fn make_nested(
+        &self,
+        outer: &Arc<dyn SessionInterface>,
+    ) -> Option<Arc<dyn SessionInterface>> {
+        let _ = outer;
+        None
+    }
+
     /// Called after each case with every store it made, to release what
     /// they hold (drop a table, remove a directory). The default clears it.
     async fn cleanup(&self, store: Arc<dyn SessionInterface>) {
@@ -124,6 +138,26 @@ impl Ctx {
         }
         Ok(store)
     }
+
+    /// A store nested inside `outer`'s namespace (see
+    /// [`StoreFactory::make_nested`]); `None` when the factory has none.
+    pub async fn nested_store(
+        &self,
+        outer: &Arc<dyn SessionInterface>,
+    ) -> Option<Arc<dyn SessionInterface>> {
+        let store = self.factory.make_nested(outer).await?;
+        if let Ok(mut made) = self.made.lock() {
+            made.push(store.clone());
+        }
+        Some(store)
+    }
+}
+
+/// Prints `line` to the process's real stderr, which libtest does not
+/// capture, so that a skipped case shows in `cargo test` output.
+pub fn say_skipped(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {line}");
 }
 
 /// A case: an async function of its context.
@@ -171,7 +205,9 @@ pub async fn run_case(
 pub async fn run_test(name: &str, case: CaseFn, factory: Arc<dyn StoreFactory>) {
     match run_case(case, factory).await {
         Ok(true) => {}
-        Ok(false) => println!("conformance case {name} skipped: the factory gave no store"),
+        Ok(false) => say_skipped(&format!(
+            "conformance case {name}: the factory gave no store"
+        )),
         Err(failure) => panic!("conformance case {name} failed: {failure}"),
     }
 }

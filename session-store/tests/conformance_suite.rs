@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use session_store::conformance::{factory, run_all, ReferenceStore, StoreFactory};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    conformance_tests, Result, Session, SessionId, SessionInterface, UpdateOutcome,
+    conformance_tests, DeleteOutcome, Result, Session, SessionId, SessionInterface, UpdateOutcome,
 };
 
 conformance_tests!(factory(|| async {
@@ -83,6 +83,9 @@ impl SessionInterface for Broken {
             }
             _ => self.inner.update(session, expected_version).await,
         }
+    }
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        self.inner.delete_if(id, expected_version).await
     }
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
         if self.inner.touch(id, expires_at).await? {
