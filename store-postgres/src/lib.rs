@@ -30,8 +30,8 @@ use async_trait::async_trait;
 use session_store::backend::{check_sql_identifier, redact_url, timed};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, Error, Result, Session, SessionId, SessionInterface,
-    UpdateOutcome,
+    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
+    SessionInterface, UpdateOutcome,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Row as _;
@@ -39,6 +39,12 @@ use sqlx::Row as _;
 pub use sqlx;
 
 const STORE: &str = "postgres";
+
+/// The server's clock in Unix milliseconds. An uncorrelated scalar subquery
+/// is evaluated once per statement, so every row of one statement is judged
+/// against the same instant; `clock_timestamp()` (not `now()`) because
+/// `now()` is frozen at the start of the transaction.
+const NOW: &str = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)";
 
 /// Rows deleted per statement in `flush` and `clear`, so no statement holds
 /// row locks for long.
@@ -100,6 +106,7 @@ struct Queries {
     delete: String,
     create: String,
     update: String,
+    delete_if: String,
     state: String,
     touch: String,
     flush: String,
@@ -125,6 +132,18 @@ impl Queries {
             update: format!(
                 "UPDATE {t} SET record = $2, expires_at = $3, version = $4
                  WHERE id = $1 AND version = $5 AND expires_at > $6"
+            ),
+            // The row is locked first, so `live` and `version` are those of its
+            // newest committed version (a concurrent save or delete is waited
+            // for, not missed), and the delete acts on exactly what was read.
+            delete_if: format!(
+                "WITH cur AS (
+                     SELECT id, version, expires_at > {NOW} AS live FROM {t} WHERE id = $1 FOR UPDATE
+                 ), gone AS (
+                     DELETE FROM {t} AS s USING cur
+                     WHERE s.id = cur.id AND cur.live AND cur.version = $2 RETURNING 1
+                 )
+                 SELECT COALESCE((SELECT live FROM cur), false), EXISTS(SELECT 1 FROM gone)"
             ),
             state: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1 AND expires_at > $2)"),
             touch: format!("UPDATE {t} SET expires_at = $2 WHERE id = $1 AND expires_at > $3"),
@@ -389,6 +408,20 @@ impl SessionInterface for PostgresStore {
             UpdateOutcome::Conflict
         } else {
             UpdateOutcome::Gone
+        })
+    }
+
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        // A version no record can hold binds as NULL, which equals nothing.
+        let expected = i64::try_from(expected_version).ok();
+        let q = sqlx::query_as::<_, (bool, bool)>(&self.sql.delete_if)
+            .bind(&id.as_bytes()[..])
+            .bind(expected);
+        let (live, deleted) = self.run("delete_if", q.fetch_one(&self.pool)).await?;
+        Ok(match (live, deleted) {
+            (_, true) => DeleteOutcome::Deleted,
+            (true, false) => DeleteOutcome::Conflict,
+            (false, false) => DeleteOutcome::Gone,
         })
     }
 

@@ -37,8 +37,8 @@ use async_trait::async_trait;
 use session_store::backend::{check_sql_identifier, timed};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, Error, Result, Session, SessionId, SessionInterface,
-    UpdateOutcome,
+    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
+    SessionInterface, UpdateOutcome,
 };
 use sqlx::sqlite::{SqliteArguments, SqliteQueryResult, SqliteRow};
 use sqlx::sqlite::{
@@ -114,6 +114,7 @@ struct Queries {
     create: String,
     update_same_expiry: String,
     update: String,
+    delete_if: String,
     state: String,
     touch: String,
     flush: String,
@@ -143,6 +144,9 @@ impl Queries {
             update: format!(
                 "UPDATE {t} SET record = ?2, expires_at = ?3, version = ?4
                  WHERE id = ?1 AND version = ?5 AND expires_at > ?6"
+            ),
+            delete_if: format!(
+                "DELETE FROM {t} WHERE id = ?1 AND version = ?2 AND expires_at > ?3"
             ),
             state: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = ?1 AND expires_at > ?2)"),
             touch: format!("UPDATE {t} SET expires_at = ?2 WHERE id = ?1 AND expires_at > ?3"),
@@ -492,6 +496,39 @@ impl SessionInterface for SqliteStore {
             })
         };
         self.run("update", work).await
+    }
+
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        // A version no record can hold binds as NULL, which equals nothing.
+        let expected = i64::try_from(expected_version).ok();
+        let id = &id.as_bytes()[..];
+        let now = now_millis();
+        // Both statements run under the writer lock, so no other write of
+        // this store comes between the delete and the look that explains a
+        // miss; the delete itself is one statement, atomic for any process.
+        let work = async {
+            let mut conn = self.writer.lock().await;
+            let done = sqlx::query(&self.sql.delete_if)
+                .bind(id)
+                .bind(expected)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 1 {
+                return Ok(DeleteOutcome::Deleted);
+            }
+            let live: bool = sqlx::query_scalar(&self.sql.state)
+                .bind(id)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(if live {
+                DeleteOutcome::Conflict
+            } else {
+                DeleteOutcome::Gone
+            })
+        };
+        self.run("delete_if", work).await
     }
 
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
