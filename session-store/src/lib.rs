@@ -7,8 +7,13 @@
 //! suite every store must pass.
 #![warn(missing_docs)]
 
+mod active;
 pub mod backend;
+mod changes;
 pub mod codec;
+mod commit;
+mod config;
+mod cookies;
 mod error;
 mod id;
 mod manager;
@@ -18,13 +23,14 @@ mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use active::ActiveSession;
 pub use async_trait::async_trait;
+pub use config::{SessionConfig, TokenGenerator};
 pub use cookie;
+pub use cookies::jar_from_cookie_headers;
 pub use error::{BoxError, Error, Result};
 pub use id::{SessionId, SessionToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
-pub use manager::{
-    jar_from_cookie_headers, ActiveSession, SessionConfig, SessionManager, TokenGenerator,
-};
+pub use manager::SessionManager;
 pub use session::{
     decode_value, encode_value, from_unix_millis, now_millis, unix_millis, Session, RECENT_WRITES,
 };

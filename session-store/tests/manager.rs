@@ -100,17 +100,34 @@ async fn cookie_options_are_applied_and_checked() {
         .unwrap();
     assert!(!back.is_new());
 
-    for bad in [
+    // The prefix is used whenever the cookie qualifies, and only then.
+    assert_eq!(
+        SessionConfig::default().effective_cookie_name(),
+        "__Host-id"
+    );
+    for plain in [
         SessionConfig {
-            host_prefix: true,
             secure: false,
             ..SessionConfig::default()
         },
         SessionConfig {
-            host_prefix: true,
             domain: Some("example.com".into()),
             ..SessionConfig::default()
         },
+        SessionConfig {
+            path: "/app".into(),
+            ..SessionConfig::default()
+        },
+        SessionConfig {
+            host_prefix: false,
+            ..SessionConfig::default()
+        },
+    ] {
+        assert_eq!(plain.effective_cookie_name(), "id", "{plain:?}");
+        assert!(SessionManager::new(Arc::new(ReferenceStore::new()), plain).is_ok());
+    }
+
+    for bad in [
         SessionConfig {
             cookie_name: "bad name;".into(),
             ..SessionConfig::default()

@@ -1,0 +1,53 @@
+//! The change log: what a request did to its session, kept so it can be
+//! re-applied on a fresh copy after another request saved first.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::session::Session;
+
+pub(crate) type Modifier = Arc<dyn Fn(Option<&[u8]>) -> Result<Vec<u8>> + Send + Sync>;
+
+/// One change a request made.
+#[derive(Clone)]
+pub(crate) enum Change {
+    Set(String, Vec<u8>),
+    Remove(String),
+    Modify(String, Modifier),
+    Flash(String, Vec<u8>),
+    /// A flash value this request read, by value: it is removed only while
+    /// the stored value is still the one read, so a newer flash set by
+    /// another request under the same key survives until someone reads it.
+    ConsumeFlash(String, Vec<u8>),
+}
+
+impl Change {
+    pub(crate) fn apply(&self, session: &mut Session) -> Result<()> {
+        match self {
+            Change::Set(key, bytes) => {
+                session.data_mut().insert(key.clone(), bytes.clone());
+            }
+            Change::Remove(key) => {
+                session.data_mut().remove(key);
+            }
+            Change::Modify(key, modify) => {
+                let next = modify(session.data().get(key).map(Vec::as_slice))?;
+                session.data_mut().insert(key.clone(), next);
+            }
+            Change::Flash(key, bytes) => {
+                session.flash_mut().insert(key.clone(), bytes.clone());
+            }
+            Change::ConsumeFlash(key, read) => {
+                if session.flash().get(key) == Some(read) {
+                    session.flash_mut().remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies every change, in order, to `session`.
+pub(crate) fn replay(changes: &[Change], session: &mut Session) -> Result<()> {
+    changes.iter().try_for_each(|change| change.apply(session))
+}

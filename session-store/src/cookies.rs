@@ -1,0 +1,141 @@
+//! Reading the session cookie from a request and writing it back: the
+//! duplicate-cookie rule, signature checks and key rotation.
+
+use std::collections::HashMap;
+
+use cookie::{Cookie, CookieJar};
+
+use crate::config::SessionConfig;
+use crate::error::{Error, Result};
+
+/// Builds a cookie jar from the values of a request's `Cookie` headers.
+/// Pieces that do not parse are skipped.
+///
+/// **Duplicates.** A name sent twice with the same value is kept once. A
+/// name sent twice with *different* values is dropped altogether: a browser
+/// sends two cookies of one name when another site under the same parent
+/// domain planted one ("cookie tossing"), and neither "first wins" nor "last
+/// wins" can tell which is ours. The request then starts a fresh session;
+/// the `__Host-` prefix (on by default whenever the cookie is `Secure`, see
+/// [`SessionConfig::host_prefix`]) keeps such cookies out in the first place.
+pub fn jar_from_cookie_headers<'a>(headers: impl IntoIterator<Item = &'a str>) -> CookieJar {
+    let mut seen: HashMap<String, Option<Cookie<'static>>> = HashMap::new();
+    let mut order = Vec::new();
+    for header in headers {
+        for cookie in Cookie::split_parse_encoded(header.to_owned()).flatten() {
+            let cookie = cookie.into_owned();
+            match seen.get_mut(cookie.name()) {
+                None => {
+                    order.push(cookie.name().to_owned());
+                    seen.insert(cookie.name().to_owned(), Some(cookie));
+                }
+                Some(slot) => {
+                    if slot
+                        .as_ref()
+                        .is_some_and(|kept| kept.value() != cookie.value())
+                    {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+    }
+    let mut jar = CookieJar::new();
+    for name in order {
+        match seen.remove(&name).flatten() {
+            Some(cookie) => jar.add_original(cookie),
+            None => {
+                tracing::debug!(cookie = %name, "cookie sent twice with different values; ignored")
+            }
+        }
+    }
+    jar
+}
+
+/// The session cookie's value as this request presented it.
+pub(crate) struct Presented {
+    /// The token, verified when signing is on.
+    pub token: String,
+    /// Verified by a signing key other than the first: re-issue it.
+    pub stale_key: bool,
+}
+
+/// The session cookie's token, verified when signing is on.
+pub(crate) fn presented_token(config: &SessionConfig, jar: &CookieJar) -> Option<Presented> {
+    let name = config.effective_cookie_name();
+    if config.signing_keys.is_empty() {
+        return jar.get(&name).map(|c| Presented {
+            token: c.value().to_owned(),
+            stale_key: false,
+        });
+    }
+    config
+        .signing_keys
+        .iter()
+        .enumerate()
+        .find_map(|(index, key)| {
+            jar.signed(key).get(&name).map(|c| Presented {
+                token: c.value().to_owned(),
+                stale_key: index > 0,
+            })
+        })
+}
+
+fn base_cookie(config: &SessionConfig, value: String) -> Cookie<'static> {
+    let mut cookie = Cookie::build((config.effective_cookie_name(), value))
+        .http_only(config.http_only)
+        .same_site(config.same_site)
+        .secure(config.secure)
+        .path(config.path.clone());
+    if let Some(domain) = &config.domain {
+        cookie = cookie.domain(domain.clone());
+    }
+    cookie.build()
+}
+
+/// The cookie carrying `token`, signed with the first key when signing is
+/// on, with a `Max-Age` of `remaining_seconds` when the config is persistent.
+pub(crate) fn session_cookie(
+    config: &SessionConfig,
+    token: &str,
+    remaining_seconds: u64,
+) -> Result<Cookie<'static>> {
+    let mut cookie = base_cookie(config, token.to_owned());
+    if config.persistent {
+        cookie.set_max_age(time::Duration::seconds(
+            remaining_seconds.min(i64::MAX as u64) as i64,
+        ));
+    }
+    let Some(key) = config.signing_keys.first() else {
+        return Ok(cookie);
+    };
+    let name = cookie.name().to_owned();
+    let mut jar = CookieJar::new();
+    jar.signed_mut(key).add(cookie);
+    jar.get(&name)
+        .cloned()
+        .ok_or_else(|| Error::Config("signing the session cookie failed".into()))
+}
+
+/// A cookie that makes the browser forget the session cookie.
+pub(crate) fn removal_cookie(config: &SessionConfig) -> Cookie<'static> {
+    let mut cookie = base_cookie(config, String::new());
+    cookie.make_removal();
+    cookie
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_sent_twice_with_different_values_is_dropped() {
+        let jar = jar_from_cookie_headers(["id=a; other=1", "id=b"]);
+        assert!(jar.get("id").is_none());
+        assert_eq!(jar.get("other").map(|c| c.value()), Some("1"));
+        let jar = jar_from_cookie_headers(["id=a; id=a"]);
+        assert_eq!(jar.get("id").map(|c| c.value()), Some("a"));
+        let jar = jar_from_cookie_headers(["id=a; id=b; id=a"]);
+        assert!(jar.get("id").is_none(), "a third copy does not revive it");
+    }
+}
