@@ -21,18 +21,30 @@
 //!     .layer(SessionLayer::new(Arc::new(manager)));
 //! ```
 //!
-//! After the handler the layer saves what changed (with the manager's
-//! conflict retries), appends `Set-Cookie` when one is due, and marks such
-//! responses `Cache-Control: no-store` so no cache shares a session cookie.
-//! A store that fails while starting the session gives `503 Service
-//! Unavailable`; one that fails while committing gives `500`, since the
-//! handler's changes were not saved. Malformed cookies never fail a request:
-//! they start a fresh session.
+//! What the layer does around each request:
+//!
+//! - It starts the session from the request's cookies. Malformed cookies
+//!   never fail a request: they start a fresh session. A store that fails
+//!   here gives `503 Service Unavailable`.
+//! - After the handler it saves what changed (with the manager's conflict
+//!   retries), appends `Set-Cookie` when one is due, and marks such
+//!   responses `Cache-Control: no-store` so no cache shares a session
+//!   cookie. A store that fails here gives `500`, since the handler's
+//!   changes were not saved.
+//! - **A handler that panicked commits nothing**: no write, no touch, no
+//!   cookie, even when a catch-panic layer (such as
+//!   `tower_http::catch_panic::CatchPanicLayer`) inside this one turns the
+//!   panic into a `500`. Its changes were half-finished by definition. See
+//!   [`Session`] for how the panic is noticed.
+//! - **Server errors (5xx) are saved by default**; with
+//!   [`SessionLayer::save_on_server_error`]`(false)` a 5xx response commits
+//!   nothing and sends no cookie.
 #![warn(missing_docs)]
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -50,12 +62,42 @@ use tower::{Layer, Service};
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     manager: Arc<SessionManager>,
+    save_on_server_error: bool,
 }
 
 impl SessionLayer {
-    /// A layer over `manager`.
+    /// A layer over `manager` that saves after every response, server
+    /// errors included (see [`save_on_server_error`](Self::save_on_server_error)).
     pub fn new(manager: Arc<SessionManager>) -> Self {
-        SessionLayer { manager }
+        SessionLayer {
+            manager,
+            save_on_server_error: true,
+        }
+    }
+
+    /// Whether a response with a 5xx status still saves the session
+    /// (default `true`).
+    ///
+    /// With `false`, a 5xx response writes nothing to the store (no save, no
+    /// expiry touch, no delete) and sends no `Set-Cookie`, as if the handler
+    /// had not touched the session: a `destroy` or `regenerate` the handler
+    /// made is dropped too, so a logout that answers 5xx leaves the user
+    /// logged in.
+    ///
+    /// The default saves because the layer cannot tell a deliberate change
+    /// from a half-finished one, and rolling back only the session is often
+    /// the worse surprise: the handler's other effects (database writes,
+    /// emails) are not rolled back either, so a discarded session can
+    /// disagree with them (an order placed but still in the cart), and a
+    /// logout or a failed-attempt counter that answered 5xx would silently
+    /// not count. It is also what other session layers (tower-sessions) do.
+    /// Choose `false` when your handlers treat a 5xx as "nothing happened".
+    ///
+    /// A panic is different: a panicking handler never commits, whatever
+    /// this setting (see the [crate docs](crate)).
+    pub fn save_on_server_error(mut self, save: bool) -> Self {
+        self.save_on_server_error = save;
+        self
     }
 }
 
@@ -66,6 +108,7 @@ impl<S> Layer<S> for SessionLayer {
         SessionService {
             inner,
             manager: self.manager.clone(),
+            save_on_server_error: self.save_on_server_error,
         }
     }
 }
@@ -75,6 +118,7 @@ impl<S> Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     manager: Arc<SessionManager>,
+    save_on_server_error: bool,
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response {
@@ -100,6 +144,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let manager = self.manager.clone();
+        let save_on_server_error = self.save_on_server_error;
         Box::pin(async move {
             let headers = request.headers().get_all(COOKIE);
             let jar = jar_from_cookie_headers(headers.iter().filter_map(|v| v.to_str().ok()));
@@ -113,12 +158,35 @@ where
                     ));
                 }
             };
-            let session = Session(Arc::new(Mutex::new(Some(active))));
-            request.extensions_mut().insert(session.clone());
+            // The layer keeps the shared state, not a `Session`: only the
+            // handles given to the request report panics.
+            let shared = Arc::new(Shared {
+                active: Mutex::new(Some(active)),
+                abandoned: AtomicBool::new(false),
+            });
+            request.extensions_mut().insert(Session {
+                shared: shared.clone(),
+            });
+            // A panic unwinding through here drops `shared` uncommitted.
             let mut response = inner.call(request).await?;
             // Handlers are done with it: take the session out to commit.
-            let taken = session.lock().take();
+            let taken = shared.take();
             let committed = match taken {
+                Some(active) if shared.abandoned() => {
+                    tracing::warn!(
+                        id = %active.id(),
+                        "the handler panicked; its session changes are discarded"
+                    );
+                    Ok(None)
+                }
+                Some(active) if !save_on_server_error && response.status().is_server_error() => {
+                    tracing::debug!(
+                        id = %active.id(),
+                        status = %response.status(),
+                        "server error; session changes are discarded"
+                    );
+                    Ok(None)
+                }
                 Some(mut active) => active.commit().await,
                 None => Ok(None),
             };
@@ -151,12 +219,59 @@ where
     }
 }
 
+/// One request's session, shared by the layer and every [`Session`] handle.
+struct Shared {
+    /// `None` once the layer took it out to commit.
+    active: Mutex<Option<ActiveSession>>,
+    /// Set when a handle was dropped by a panicking thread.
+    abandoned: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Option<ActiveSession>> {
+        // A handle used after a panic may still read; the layer discards
+        // such a session anyway (see `abandoned`).
+        self.active
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(&self) -> Option<ActiveSession> {
+        self.lock().take()
+    }
+
+    /// Whether a handler panicked with this session in hand. A poisoned
+    /// lock means a panic inside a session operation (a `modify` closure)
+    /// even if the panic was caught before any handle was dropped.
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire) || self.active.is_poisoned()
+    }
+}
+
 /// The session of the current request, for handlers.
 ///
 /// Cheap to clone; every clone is the same session. Changes are saved by
 /// [`SessionLayer`] after the handler returns.
+///
+/// A handle dropped while its thread is panicking marks the request's
+/// session as abandoned, and the layer then commits nothing. A handler
+/// keeps its `Session` argument until it returns, so a panic anywhere in
+/// the handler is noticed. Not noticed: a panic after the handler dropped
+/// (or moved away) every handle it had. Conversely a handle moved into a
+/// spawned task that panics abandons the request's session too, even if
+/// the handler carries on.
 #[derive(Clone)]
-pub struct Session(Arc<Mutex<Option<ActiveSession>>>);
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.abandoned.store(true, Ordering::Release);
+        }
+    }
+}
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,11 +281,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     fn lock(&self) -> MutexGuard<'_, Option<ActiveSession>> {
-        // Each change is applied whole under the lock, so a panicking
-        // handler cannot leave the session half-changed.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.lock()
     }
 
     /// Runs `f` on the session, unless the layer already committed it (the

@@ -8,9 +8,11 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use session_axum::{Session, SessionLayer, SessionRejection};
-use session_store::{SessionConfig, SessionManager};
+use session_store::conformance::ReferenceStore;
+use session_store::{SessionConfig, SessionInterface, SessionManager};
 use session_store_memory::MemoryStore;
 use tower::ServiceExt as _;
+use tower_http::catch_panic::CatchPanicLayer;
 
 async fn set_key(
     session: Session,
@@ -37,17 +39,60 @@ async fn logout(session: Session) -> Result<&'static str, SessionRejection> {
     Ok("bye")
 }
 
-fn app() -> Router {
+async fn set_then_panic(session: Session) -> &'static str {
+    session.insert("a", &true).unwrap();
+    panic!("handler bug after a session change");
+}
+
+/// Changes the session, then answers with the status in the path.
+async fn set_then_fail(
+    session: Session,
+    Path(status): Path<u16>,
+) -> Result<StatusCode, SessionRejection> {
+    session.insert("a", &true)?;
+    Ok(StatusCode::from_u16(status).unwrap())
+}
+
+/// A panic inside a session operation that the handler itself catches.
+async fn set_then_catch_a_panic(session: Session) -> Result<&'static str, SessionRejection> {
+    session.insert("a", &true)?;
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        session.modify("n", |_: Option<u64>| -> u64 {
+            panic!("bug in a modify closure")
+        })
+    }));
+    assert!(caught.is_err());
+    Ok("carried on")
+}
+
+fn manager(store: Arc<dyn SessionInterface>) -> Arc<SessionManager> {
     let config = SessionConfig {
         secure: false,
         ..SessionConfig::default()
     };
-    let manager = SessionManager::new(Arc::new(MemoryStore::new()), config).unwrap();
+    Arc::new(SessionManager::new(store, config).unwrap())
+}
+
+fn routes() -> Router {
     Router::new()
         .route("/set/{key}", get(set_key))
         .route("/keys", get(keys))
         .route("/logout", get(logout))
-        .layer(SessionLayer::new(Arc::new(manager)))
+        .route("/panic", get(set_then_panic))
+        .route("/fail/{status}", get(set_then_fail))
+        .route("/caught", get(set_then_catch_a_panic))
+}
+
+fn app() -> Router {
+    routes().layer(SessionLayer::new(manager(Arc::new(MemoryStore::new()))))
+}
+
+/// The catch-panic layer sits inside the session layer, so a panic reaches
+/// the session layer as an ordinary 500 response.
+fn app_catching_panics(store: Arc<dyn SessionInterface>) -> Router {
+    routes()
+        .layer(CatchPanicLayer::new())
+        .layer(SessionLayer::new(manager(store)))
 }
 
 async fn call(app: &Router, uri: &str, cookie: Option<&str>) -> axum::response::Response {
@@ -150,4 +195,105 @@ async fn the_extractor_without_the_layer_is_a_clear_500() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body(response).await, "session layer missing");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_behind_catch_panic_commits_nothing() {
+    let store = Arc::new(ReferenceStore::new());
+    let app = app_catching_panics(store.clone());
+    let cookie = cookie_pair(&call(&app, "/set/base", None).await);
+
+    let response = call(&app, "/panic", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        response.headers().get(SET_COOKIE).is_none(),
+        "a panicked request sent a cookie"
+    );
+    assert_eq!(
+        body(call(&app, "/keys", Some(&cookie)).await).await,
+        "base",
+        "the panicked handler's change was saved"
+    );
+
+    // A new session that received data before the panic is not created.
+    let response = call(&app, "/panic", None).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.headers().get(SET_COOKIE).is_none());
+    assert_eq!(
+        store.len().await.unwrap(),
+        1,
+        "a panicked session was stored"
+    );
+}
+
+#[tokio::test]
+async fn a_panic_caught_inside_a_session_operation_commits_nothing() {
+    let app = app();
+    let cookie = cookie_pair(&call(&app, "/set/base", None).await);
+    let response = call(&app, "/caught", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get(SET_COOKIE).is_none());
+    assert_eq!(body(call(&app, "/keys", Some(&cookie)).await).await, "base");
+}
+
+#[tokio::test]
+async fn a_panic_unwinding_through_the_layer_commits_nothing() {
+    let store = Arc::new(ReferenceStore::new());
+    let app = routes().layer(SessionLayer::new(manager(store.clone())));
+    let request = Request::get("/panic").body(Body::empty()).unwrap();
+    let outcome = tokio::spawn(app.oneshot(request)).await;
+    assert!(outcome.is_err_and(|e| e.is_panic()));
+    assert_eq!(
+        store.len().await.unwrap(),
+        0,
+        "a panicked session was stored"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_save_by_default() {
+    let store = Arc::new(ReferenceStore::new());
+    let app = routes().layer(SessionLayer::new(manager(store.clone())));
+    let cookie = cookie_pair(&call(&app, "/set/base", None).await);
+    let response = call(&app, "/fail/500", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        body(call(&app, "/keys", Some(&cookie)).await).await,
+        "base,a"
+    );
+
+    let response = call(&app, "/fail/503", None).await;
+    assert!(response.headers().get(SET_COOKIE).is_some());
+    assert_eq!(store.len().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn server_errors_can_skip_the_save() {
+    let store = Arc::new(ReferenceStore::new());
+    let app = routes().layer(SessionLayer::new(manager(store.clone())).save_on_server_error(false));
+    let cookie = cookie_pair(&call(&app, "/set/base", None).await);
+    for status in ["500", "503", "599"] {
+        let response = call(&app, &format!("/fail/{status}"), Some(&cookie)).await;
+        assert_eq!(response.status().as_str(), status);
+        assert!(response.headers().get(SET_COOKIE).is_none(), "{status}");
+        assert_eq!(
+            body(call(&app, "/keys", Some(&cookie)).await).await,
+            "base",
+            "a {status} response saved the session"
+        );
+        let response = call(&app, &format!("/fail/{status}"), None).await;
+        assert!(response.headers().get(SET_COOKIE).is_none(), "{status}");
+        assert_eq!(
+            store.len().await.unwrap(),
+            1,
+            "a {status} created a session"
+        );
+    }
+    // Anything below 500 still saves.
+    let response = call(&app, "/fail/422", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body(call(&app, "/keys", Some(&cookie)).await).await,
+        "base,a"
+    );
 }
