@@ -11,24 +11,53 @@
 //! past a few thousand entries at a million sessions. A file name is always
 //! 64 hex digits made by the store: nothing a client sends becomes a path.
 //! Each shard also holds `.lock` (the shard's advisory lock) and, briefly,
-//! `.tmp-*` files being written.
+//! `.tmp-*` files being written. A file holds the [`codec`] envelope; its
+//! header's expiry is the stored expiry.
+//!
+//! ## Clock
+//!
+//! Expiry is judged by this process's clock (the system clock), like the
+//! other in-process stores. Processes sharing a directory must have
+//! agreeing clocks; on one machine they do.
 //!
 //! ## Durability
 //!
-//! Every write goes to a temporary file in the same directory, is fsynced,
-//! and is renamed over the target (then the directory is fsynced): a crash
-//! leaves the old version or the new one, never a torn file. Readers ignore
-//! temporary files; [`flush`](SessionInterface::flush) deletes those older
-//! than [`FsConfig::temp_grace`].
+//! With [`FsConfig::sync`] on (the default), every change is durable when
+//! the operation returns:
+//!
+//! - a write goes to a temporary file in the record's shard, which is
+//!   fsynced, then renamed over the record (`set`, `update`, `touch`) or
+//!   linked to its name (`create`), then the shard directory is fsynced: a
+//!   crash leaves the old record or the new one, never a torn file;
+//! - a delete (`delete`, `delete_if`, `flush`, `clear`) unlinks, then
+//!   fsyncs the shard directory: a logout does not come back after a crash;
+//! - a shard directory made for the first time is fsynced into the root.
+//!
+//! Readers ignore temporary files; [`flush`](SessionInterface::flush) and
+//! [`clear`](SessionInterface::clear) delete those older than
+//! [`FsConfig::temp_grace`] (younger ones may be a `create` in flight).
 //!
 //! ## Concurrency
 //!
 //! `create` links a fully written temporary file to its name (`link(2)`
 //! fails if the name exists), so it is exclusive without a check-then-write
-//! race. `update`, `touch`, `delete` and `flush` take the shard's exclusive
-//! advisory lock (`flock` on `<shard>/.lock`) around read-check-write, so
-//! compare-and-set is correct across tasks, across store instances and
+//! race. `set`, `update`, `delete_if`, `touch`, `delete`, `flush` and
+//! `clear` take the exclusive advisory lock of the record's shard (`flock`
+//! on `<shard>/.lock`) around read-check-write, so compare-and-set and
+//! compare-and-delete are correct across tasks, across store instances and
 //! across processes sharing the directory on one machine (not over NFS).
+//!
+//! ## Timeout
+//!
+//! No operation waits forever. A lock is taken with non-blocking attempts
+//! and a short backoff until [`FsConfig::op_timeout`] (default 5 s) has
+//! passed, then the operation fails with [`Error::Backend`] naming the path
+//! and nothing is written. Single-record operations as a whole (file I/O
+//! included) are bounded by the same timeout; as with every store, a
+//! timed-out operation may still complete ([`Error::may_have_applied`]) if
+//! the disk itself stalled after the lock was taken. `flush`, `clear` and
+//! `len` scan every shard, so their total time grows with the number of
+//! sessions: only each lock they take is bounded.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -40,35 +69,45 @@
 //! ```
 #![warn(missing_docs)]
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use rand::RngCore as _;
+use session_store::backend::{next_version, storable_version};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, Error, Result, Session, SessionId, SessionInterface,
-    UpdateOutcome,
+    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
+    SessionInterface, UpdateOutcome,
 };
 
 const STORE: &str = "fs";
 const TEMP_PREFIX: &str = ".tmp-";
 const LOCK_FILE: &str = ".lock";
+/// The longest pause between two attempts at a held lock: short enough that
+/// a released lock is taken soon, long enough not to spin.
+const MAX_LOCK_PAUSE: Duration = Duration::from_millis(16);
 
 /// Where and how to keep session files.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
     /// The root directory; created (with parents) if missing.
     pub root: PathBuf,
-    /// fsync files and directories on every write (default `true`). Off
-    /// trades crash durability for speed.
+    /// fsync files and directories on every write and delete (default
+    /// `true`). Off trades crash durability for speed.
     pub sync: bool,
     /// Temporary files older than this are debris of a crashed write and
-    /// are deleted by `flush` (default 60 s).
+    /// are deleted by `flush` and `clear` (default 60 s). Keep it well above
+    /// the time one write takes.
     pub temp_grace: Duration,
+    /// How long one operation may take, waiting for a record's lock
+    /// included, before it fails with [`Error::Backend`] (default 5 s; must
+    /// not be zero). `flush`, `clear` and `len` bound each lock they take by
+    /// it, not their whole scan.
+    pub op_timeout: Duration,
 }
 
 impl FsConfig {
@@ -78,6 +117,7 @@ impl FsConfig {
             root: root.into(),
             sync: true,
             temp_grace: Duration::from_secs(60),
+            op_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -90,6 +130,40 @@ pub struct FsStore {
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
     Error::backend(STORE, format!("{what} {}", path.display()), e)
+}
+
+/// When an operation gives up.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn after(limit: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + limit,
+            limit,
+        }
+    }
+
+    fn timed_out(&self, what: &str, path: &Path) -> Error {
+        Error::backend(
+            STORE,
+            format!("{what} {}", path.display()),
+            format!("timed out after {:?}", self.limit),
+        )
+    }
+
+    /// Fails once the deadline has passed: the caller has been told of the
+    /// timeout already, so a late write must not happen either.
+    fn check(&self, what: &str, path: &Path) -> Result<()> {
+        if Instant::now() >= self.at {
+            Err(self.timed_out(what, path))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Whether a directory entry is a session file: exactly 64 lowercase hex digits.
@@ -108,20 +182,25 @@ impl FsStore {
     }
 
     /// Opens a store as `config` says. A root that cannot be created or
-    /// written is [`Error::Backend`] naming the path.
+    /// written is [`Error::Backend`] naming the path; a zero
+    /// [`op_timeout`](FsConfig::op_timeout) is [`Error::Config`].
     pub async fn open_with(config: FsConfig) -> Result<Self> {
+        if config.op_timeout.is_zero() {
+            return Err(Error::Config(
+                "the file store's op_timeout must be above zero".into(),
+            ));
+        }
+        let root = config.root.clone();
         let store = FsStore {
             inner: Arc::new(config),
         };
         store
-            .blocking(|c| {
-                fs::create_dir_all(&c.root).map_err(|e| io_error("creating", &c.root, e))?;
+            .op("opening", root, |_, root, _| {
+                fs::create_dir_all(root).map_err(|e| io_error("creating", root, e))?;
                 // Prove the root is writable now rather than at the first save.
-                let probe = c
-                    .root
-                    .join(format!("{TEMP_PREFIX}probe-{}", random_suffix()));
-                File::create(&probe).map_err(|e| io_error("writing in", &c.root, e))?;
-                fs::remove_file(&probe).map_err(|e| io_error("writing in", &c.root, e))
+                let probe = root.join(format!("{TEMP_PREFIX}probe-{}", random_suffix()));
+                File::create(&probe).map_err(|e| io_error("writing in", root, e))?;
+                fs::remove_file(&probe).map_err(|e| io_error("writing in", root, e))
             })
             .await?;
         Ok(store)
@@ -138,10 +217,41 @@ impl FsStore {
         self.inner.root.join(&hex[..2]).join(hex)
     }
 
-    /// Runs blocking file work on tokio's blocking pool. One hop per
-    /// operation (rather than one per `tokio::fs` call) also keeps each
-    /// read-check-write inside a single locked section.
-    async fn blocking<T, F>(&self, work: F) -> Result<T>
+    /// Runs one operation's blocking file work on tokio's blocking pool,
+    /// within [`FsConfig::op_timeout`]. One hop per operation (rather than
+    /// one per `tokio::fs` call) also keeps each read-check-write inside a
+    /// single locked section. `what` and `path` name the operation in errors.
+    ///
+    /// On timeout the task is abandoned, which is safe: it fails at its own
+    /// lock wait or [`Deadline::check`] before writing anything, unless the
+    /// disk stalled in the middle of a write (then the write may land, as a
+    /// timed-out command to a server may).
+    async fn op<T, F>(&self, what: &'static str, path: PathBuf, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&FsConfig, &Path, Deadline) -> Result<T> + Send + 'static,
+    {
+        let config = self.inner.clone();
+        let deadline = Deadline::after(config.op_timeout);
+        let task = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || work(&config, &path, deadline)
+        });
+        match tokio::time::timeout(deadline.limit, task).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => Err(Error::backend(
+                STORE,
+                format!("{what} {}", path.display()),
+                e,
+            )),
+            Err(_) => Err(deadline.timed_out(what, &path)),
+        }
+    }
+
+    /// Runs a scan of every shard on the blocking pool, without an overall
+    /// bound (it grows with the number of sessions); each lock it takes is
+    /// bounded by [`FsConfig::op_timeout`].
+    async fn scan<T, F>(&self, what: &'static str, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&FsConfig) -> Result<T> + Send + 'static,
@@ -149,7 +259,7 @@ impl FsStore {
         let config = self.inner.clone();
         tokio::task::spawn_blocking(move || work(&config))
             .await
-            .map_err(|e| Error::backend(STORE, "a file task", e))?
+            .map_err(|e| Error::backend(STORE, format!("{what} {}", self.root().display()), e))?
     }
 }
 
@@ -159,21 +269,104 @@ fn random_suffix() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the tests of this crate observe of the durability steps.
+#[cfg(test)]
+mod trace {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Step {
+        SyncFile(PathBuf),
+        SyncDir(PathBuf),
+        Unlink(PathBuf),
+    }
+
+    static STEPS: Mutex<Vec<Step>> = Mutex::new(Vec::new());
+
+    pub fn note(step: Step) {
+        if let Ok(mut steps) = STEPS.lock() {
+            steps.push(step);
+        }
+    }
+
+    /// Takes the steps that touched paths under `root` (tests run in
+    /// parallel, each in its own directory).
+    pub fn take_under(root: &Path) -> Vec<Step> {
+        let Ok(mut steps) = STEPS.lock() else {
+            return Vec::new();
+        };
+        let (mine, others) = steps.drain(..).partition(|step| {
+            let (Step::SyncFile(p) | Step::SyncDir(p) | Step::Unlink(p)) = step;
+            p.starts_with(root)
+        });
+        *steps = others;
+        mine
+    }
+}
+
+macro_rules! note {
+    ($step:ident, $path:expr) => {
+        #[cfg(test)]
+        trace::note(trace::Step::$step($path.to_path_buf()));
+    };
+}
+
 /// Holds a shard's exclusive advisory lock until dropped.
 struct ShardLock(File);
 
 impl ShardLock {
-    fn take(shard: &Path) -> Result<Self> {
-        fs::create_dir_all(shard).map_err(|e| io_error("creating", shard, e))?;
+    /// Locks the shard of a record about to be written, making the shard if
+    /// needed.
+    fn take_new(config: &FsConfig, shard: &Path, deadline: Deadline) -> Result<Self> {
+        ensure_shard(config, shard)?;
+        match Self::take_existing(shard, deadline)? {
+            Some(lock) => Ok(lock),
+            None => Err(io_error(
+                "locking",
+                &shard.join(LOCK_FILE),
+                io::Error::from(io::ErrorKind::NotFound),
+            )),
+        }
+    }
+
+    /// Locks an existing shard; `None` when the shard does not exist, so
+    /// that no record can be in it either.
+    fn take_existing(shard: &Path, deadline: Deadline) -> Result<Option<Self>> {
         let path = shard.join(LOCK_FILE);
-        let file = OpenOptions::new()
+        let file = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| io_error("opening lock", &path, e))?;
-        file.lock().map_err(|e| io_error("locking", &path, e))?;
-        Ok(ShardLock(file))
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("opening lock", &path, e)),
+        };
+        // Never a blocking flock: a holder that hangs (or a stopped process)
+        // must not hang this operation past its deadline.
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(ShardLock(file))),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(io_error("locking", &path, e)),
+            }
+            let left = deadline.at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::backend(
+                    STORE,
+                    format!("locking {}", path.display()),
+                    format!(
+                        "timed out after {:?}: another writer holds the lock",
+                        deadline.limit
+                    ),
+                ));
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(MAX_LOCK_PAUSE);
+        }
     }
 }
 
@@ -186,6 +379,22 @@ impl Drop for ShardLock {
 
 fn shard_of(path: &Path) -> &Path {
     path.parent().unwrap_or(path)
+}
+
+/// Makes a record's shard directory if it is missing. A new shard is
+/// fsynced into the root, or the first record written into it could vanish
+/// with it in a crash.
+fn ensure_shard(config: &FsConfig, shard: &Path) -> Result<()> {
+    match fs::create_dir(shard) {
+        Ok(()) => sync_dir(config, &config.root),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        // The root itself is gone (removed under a running store): remake it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(shard).map_err(|e| io_error("creating", shard, e))?;
+            sync_dir(config, &config.root)
+        }
+        Err(e) => Err(io_error("creating", shard, e)),
+    }
 }
 
 /// Reads a file; `None` when it does not exist.
@@ -216,11 +425,10 @@ fn read_header(path: &Path) -> Result<Option<codec::Header>> {
     codec::header(&header[..filled], &path.display().to_string()).map(Some)
 }
 
-/// Writes a complete temporary file next to `target` and returns its path.
+/// Writes a complete (and, with `sync`, durable) temporary file in the
+/// shard of `target`, which must exist, and returns its path.
 fn write_temp(config: &FsConfig, target: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    let shard = shard_of(target);
-    fs::create_dir_all(shard).map_err(|e| io_error("creating", shard, e))?;
-    let temp = shard.join(format!("{TEMP_PREFIX}{}", random_suffix()));
+    let temp = shard_of(target).join(format!("{TEMP_PREFIX}{}", random_suffix()));
     let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -229,6 +437,7 @@ fn write_temp(config: &FsConfig, target: &Path, bytes: &[u8]) -> Result<PathBuf>
         file.write_all(bytes)?;
         if config.sync {
             file.sync_all()?;
+            note!(SyncFile, temp);
         }
         Ok(())
     })();
@@ -241,16 +450,18 @@ fn write_temp(config: &FsConfig, target: &Path, bytes: &[u8]) -> Result<PathBuf>
     }
 }
 
+/// Makes the renames, links and unlinks in `dir` durable.
 fn sync_dir(config: &FsConfig, dir: &Path) -> Result<()> {
     if config.sync {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_error("syncing", dir, e))?;
+        note!(SyncDir, dir);
     }
     Ok(())
 }
 
-/// Replaces `target` atomically with `bytes`.
+/// Replaces `target` atomically and durably with `bytes`.
 fn write_atomic(config: &FsConfig, target: &Path, bytes: &[u8]) -> Result<()> {
     let temp = write_temp(config, target, bytes)?;
     if let Err(e) = fs::rename(&temp, target) {
@@ -260,13 +471,26 @@ fn write_atomic(config: &FsConfig, target: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(config, shard_of(target))
 }
 
-/// Removes a file; a missing file is fine.
+/// Removes a file; a missing file is fine (`false`). The caller syncs the
+/// directory.
 fn remove_if_present(path: &Path) -> Result<bool> {
     match fs::remove_file(path) {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            note!(Unlink, path);
+            Ok(true)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_error("deleting", path, e)),
     }
+}
+
+/// Removes a file durably; `false` when it was already missing.
+fn remove_durably(config: &FsConfig, path: &Path) -> Result<bool> {
+    let removed = remove_if_present(path)?;
+    if removed {
+        sync_dir(config, shard_of(path))?;
+    }
+    Ok(removed)
 }
 
 /// Every shard directory under the root.
@@ -305,6 +529,9 @@ fn shard_entries(shard: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// A temporary file old enough to be debris of a crashed write rather than
+/// a write in flight (a `create` writes its temporary file without the
+/// shard's lock). A file that vanished meanwhile is not stale.
 fn is_stale_temp(config: &FsConfig, name: &str, path: &Path) -> bool {
     name.starts_with(TEMP_PREFIX)
         && fs::metadata(path)
@@ -317,115 +544,181 @@ fn is_stale_temp(config: &FsConfig, name: &str, path: &Path) -> bool {
 #[async_trait]
 impl SessionInterface for FsStore {
     async fn exists(&self, id: &SessionId) -> Result<bool> {
-        let path = self.path_of(id);
-        tokio::fs::try_exists(&path)
-            .await
-            .map_err(|e| io_error("checking", &path, e))
-    }
-
-    async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
-        let path = self.path_of(id);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error("reading", &path, e)),
-        };
-        let session = codec::decode(*id, &bytes, &path.display().to_string())?;
-        Ok((!session.is_expired()).then_some(session))
-    }
-
-    async fn set(&self, session: &Session) -> Result<()> {
-        let path = self.path_of(&session.id());
-        let bytes = codec::encode(session, session.version())?;
-        self.blocking(move |c| {
-            let _lock = ShardLock::take(shard_of(&path))?;
-            write_atomic(c, &path, &bytes)
+        self.op("checking", self.path_of(id), |_, path, _| {
+            path.try_exists().map_err(|e| io_error("checking", path, e))
         })
         .await
     }
 
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
+        let id = *id;
+        self.op("reading", self.path_of(&id), move |_, path, _| {
+            let Some(bytes) = read_file(path)? else {
+                return Ok(None);
+            };
+            let session = codec::decode(id, &bytes, &path.display().to_string())?;
+            Ok((!session.is_expired()).then_some(session))
+        })
+        .await
+    }
+
+    async fn set(&self, session: &Session) -> Result<()> {
+        storable_version(session.id(), session.version())?;
+        let bytes = codec::encode(session, session.version())?;
+        self.op(
+            "saving",
+            self.path_of(&session.id()),
+            move |c, path, deadline| {
+                let _lock = ShardLock::take_new(c, shard_of(path), deadline)?;
+                deadline.check("saving", path)?;
+                write_atomic(c, path, &bytes)
+            },
+        )
+        .await
+    }
+
     async fn delete(&self, id: &SessionId) -> Result<()> {
-        let path = self.path_of(id);
-        self.blocking(move |_| {
+        self.op("deleting", self.path_of(id), |c, path, deadline| {
             // Locked, so a concurrent update cannot rename a new version in
             // after the delete: a save never resurrects.
-            let _lock = ShardLock::take(shard_of(&path))?;
-            remove_if_present(&path).map(drop)
+            let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+                return Ok(());
+            };
+            deadline.check("deleting", path)?;
+            remove_durably(c, path).map(drop)
         })
         .await
     }
 
     async fn create(&self, session: &Session) -> Result<()> {
         let id = session.id();
-        let path = self.path_of(&id);
+        storable_version(id, session.version())?;
         let bytes = codec::encode(session, session.version())?;
-        self.blocking(move |c| {
-            let temp = write_temp(c, &path, &bytes)?;
-            // link(2) fails if the name exists: an exclusive create of a
-            // complete file.
-            let linked = fs::hard_link(&temp, &path);
+        self.op("creating", self.path_of(&id), move |c, path, deadline| {
+            ensure_shard(c, shard_of(path))?;
+            let temp = write_temp(c, path, &bytes)?;
+            let linked = match deadline.check("creating", path) {
+                // link(2) fails if the name exists: an exclusive create of a
+                // complete file.
+                Ok(()) => fs::hard_link(&temp, path),
+                Err(e) => {
+                    let _ = fs::remove_file(&temp);
+                    return Err(e);
+                }
+            };
             let _ = fs::remove_file(&temp);
             match linked {
-                Ok(()) => sync_dir(c, shard_of(&path)),
+                // One directory sync covers the link and the temp's unlink.
+                Ok(()) => sync_dir(c, shard_of(path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     Err(Error::IdCollision { id })
                 }
-                Err(e) => Err(io_error("creating", &path, e)),
+                Err(e) => Err(io_error("creating", path, e)),
             }
         })
         .await
     }
 
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
-        let path = self.path_of(&session.id());
-        let version = expected_version + 1;
-        let bytes = codec::encode(session, version)?;
-        self.blocking(move |c| {
-            let _lock = ShardLock::take(shard_of(&path))?;
-            let Some(header) = read_header(&path)? else {
-                return Ok(UpdateOutcome::Gone);
+        let version = next_version(session.id(), expected_version)?;
+        let mut bytes = codec::encode(session, version)?;
+        let wanted_expiry = session.expires_at_millis();
+        self.op(
+            "updating",
+            self.path_of(&session.id()),
+            move |c, path, deadline| {
+                let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+                    return Ok(UpdateOutcome::Gone);
+                };
+                let Some(header) = read_header(path)? else {
+                    return Ok(UpdateOutcome::Gone);
+                };
+                if header.expires_at_ms <= now_millis() {
+                    return Ok(UpdateOutcome::Gone);
+                }
+                if header.version != expected_version {
+                    return Ok(UpdateOutcome::Conflict);
+                }
+                // A slower request that computed an earlier expiry must not
+                // cut short what a faster one extended.
+                if header.expires_at_ms > wanted_expiry {
+                    codec::patch_expires_at(
+                        &mut bytes,
+                        header.expires_at_ms,
+                        &path.display().to_string(),
+                    )?;
+                }
+                deadline.check("updating", path)?;
+                write_atomic(c, path, &bytes)?;
+                Ok(UpdateOutcome::Updated { version })
+            },
+        )
+        .await
+    }
+
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        self.op("deleting", self.path_of(id), move |c, path, deadline| {
+            // The same lock `update` decides under: no save lands between
+            // the version check and the unlink.
+            let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+                return Ok(DeleteOutcome::Gone);
+            };
+            let Some(header) = read_header(path)? else {
+                return Ok(DeleteOutcome::Gone);
             };
             if header.expires_at_ms <= now_millis() {
-                return Ok(UpdateOutcome::Gone);
+                return Ok(DeleteOutcome::Gone);
             }
             if header.version != expected_version {
-                return Ok(UpdateOutcome::Conflict);
+                return Ok(DeleteOutcome::Conflict);
             }
-            write_atomic(c, &path, &bytes)?;
-            Ok(UpdateOutcome::Updated { version })
+            deadline.check("deleting", path)?;
+            Ok(if remove_durably(c, path)? {
+                DeleteOutcome::Deleted
+            } else {
+                DeleteOutcome::Gone
+            })
         })
         .await
     }
 
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
-        let path = self.path_of(id);
         let expires_at_ms = unix_millis(expires_at);
-        self.blocking(move |c| {
-            let _lock = ShardLock::take(shard_of(&path))?;
-            let Some(mut bytes) = read_file(&path)? else {
+        self.op("touching", self.path_of(id), move |c, path, deadline| {
+            let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+                return Ok(false);
+            };
+            let Some(mut bytes) = read_file(path)? else {
                 return Ok(false);
             };
             let origin = path.display().to_string();
-            if codec::header(&bytes, &origin)?.expires_at_ms <= now_millis() {
+            let stored = codec::header(&bytes, &origin)?.expires_at_ms;
+            if stored <= now_millis() {
                 return Ok(false);
             }
+            if stored >= expires_at_ms {
+                // Live, and already expiring no earlier: nothing to write.
+                return Ok(true);
+            }
             codec::patch_expires_at(&mut bytes, expires_at_ms, &origin)?;
-            write_atomic(c, &path, &bytes)?;
+            deadline.check("touching", path)?;
+            write_atomic(c, path, &bytes)?;
             Ok(true)
         })
         .await
     }
 
     async fn flush(&self) -> Result<u64> {
-        self.blocking(|c| {
+        self.scan("flushing", |c| {
             let now = now_millis();
             let mut removed = 0;
             for shard in shards(&c.root)? {
                 let mut expired = Vec::new();
+                let mut unlinked = false;
                 for (name, path) in shard_entries(&shard)? {
                     if is_stale_temp(c, &name, &path) {
                         tracing::info!(path = %path.display(), "removing debris of an interrupted write");
-                        remove_if_present(&path)?;
+                        unlinked |= remove_if_present(&path)?;
                     } else if session_file_id(&name).is_some() {
                         match read_header(&path) {
                             Ok(Some(h)) if h.expires_at_ms <= now => expired.push(path),
@@ -434,17 +727,23 @@ impl SessionInterface for FsStore {
                         }
                     }
                 }
-                if expired.is_empty() {
-                    continue;
-                }
-                let _lock = ShardLock::take(&shard)?;
-                for path in expired {
-                    // Re-checked under the lock: it may have been touched meanwhile.
-                    if matches!(read_header(&path), Ok(Some(h)) if h.expires_at_ms <= now)
-                        && remove_if_present(&path)?
-                    {
-                        removed += 1;
+                if !expired.is_empty() {
+                    let deadline = Deadline::after(c.op_timeout);
+                    if let Some(_lock) = ShardLock::take_existing(&shard, deadline)? {
+                        for path in expired {
+                            // Re-checked under the lock: it may have been
+                            // extended (or replaced) since the listing.
+                            if matches!(read_header(&path), Ok(Some(h)) if h.expires_at_ms <= now)
+                                && remove_if_present(&path)?
+                            {
+                                removed += 1;
+                                unlinked = true;
+                            }
+                        }
                     }
+                }
+                if unlinked {
+                    sync_dir(c, &shard)?;
                 }
             }
             Ok(removed)
@@ -453,13 +752,23 @@ impl SessionInterface for FsStore {
     }
 
     async fn clear(&self) -> Result<()> {
-        self.blocking(|c| {
+        self.scan("clearing", |c| {
             for shard in shards(&c.root)? {
-                let _lock = ShardLock::take(&shard)?;
+                let deadline = Deadline::after(c.op_timeout);
+                let Some(_lock) = ShardLock::take_existing(&shard, deadline)? else {
+                    continue;
+                };
+                let mut unlinked = false;
                 for (name, path) in shard_entries(&shard)? {
-                    if session_file_id(&name).is_some() || name.starts_with(TEMP_PREFIX) {
-                        remove_if_present(&path)?;
+                    // A young temporary file may be a create in flight (it
+                    // links without the lock): only debris goes.
+                    if session_file_id(&name).is_some() || is_stale_temp(c, &name, &path) {
+                        // Already gone (another writer deleted it) is fine.
+                        unlinked |= remove_if_present(&path)?;
                     }
+                }
+                if unlinked {
+                    sync_dir(c, &shard)?;
                 }
             }
             Ok(())
@@ -468,7 +777,7 @@ impl SessionInterface for FsStore {
     }
 
     async fn len(&self) -> Result<u64> {
-        self.blocking(|c| {
+        self.scan("counting", |c| {
             let now = now_millis();
             let mut live = 0;
             for shard in shards(&c.root)? {
@@ -483,5 +792,142 @@ impl SessionInterface for FsStore {
             Ok(live)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace::{take_under, Step};
+    use super::*;
+    use session_store::SessionToken;
+
+    struct TempRoot(PathBuf);
+
+    impl TempRoot {
+        fn new(tag: &str) -> Self {
+            TempRoot(
+                std::env::temp_dir()
+                    .join(format!("session-store-fs-unit-{tag}-{}", random_suffix())),
+            )
+        }
+    }
+
+    impl Drop for TempRoot {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn session(ttl_ms: i64) -> Session {
+        let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+        s.set_expires_at_millis(now_millis() + ttl_ms);
+        s
+    }
+
+    fn is_temp_sync(step: &Step, shard: &Path) -> bool {
+        matches!(step, Step::SyncFile(p) if p.parent() == Some(shard)
+            && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX)))
+    }
+
+    #[tokio::test]
+    async fn writes_sync_the_file_then_the_directory() {
+        let root = TempRoot::new("writes");
+        let store = FsStore::open(&root.0).await.unwrap();
+        let s = session(60_000);
+        let path = store.path_of(&s.id());
+        let shard = shard_of(&path).to_path_buf();
+        take_under(&root.0);
+
+        store.create(&s).await.unwrap();
+        let steps = take_under(&root.0);
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert_eq!(
+            steps[0],
+            Step::SyncDir(root.0.clone()),
+            "new shard: {steps:?}"
+        );
+        assert!(is_temp_sync(&steps[1], &shard), "{steps:?}");
+        assert_eq!(steps[2], Step::SyncDir(shard.clone()), "{steps:?}");
+
+        for write in ["set", "update", "touch"] {
+            match write {
+                "set" => store.set(&s).await.unwrap(),
+                "update" => drop(store.update(&s, 1).await.unwrap()),
+                _ => drop(
+                    store
+                        .touch(
+                            &s.id(),
+                            OffsetDateTime::now_utc() + Duration::from_secs(600),
+                        )
+                        .await
+                        .unwrap(),
+                ),
+            }
+            let steps = take_under(&root.0);
+            assert_eq!(steps.len(), 2, "{write}: {steps:?}");
+            assert!(is_temp_sync(&steps[0], &shard), "{write}: {steps:?}");
+            assert_eq!(steps[1], Step::SyncDir(shard.clone()), "{write}: {steps:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn deletes_sync_the_directory_after_unlinking() {
+        let root = TempRoot::new("deletes");
+        let store = FsStore::open(&root.0).await.unwrap();
+        for delete in ["delete", "delete_if", "flush", "clear"] {
+            let s = session(if delete == "flush" { -1_000 } else { 60_000 });
+            store.set(&s).await.unwrap();
+            let path = store.path_of(&s.id());
+            take_under(&root.0);
+            match delete {
+                "delete" => store.delete(&s.id()).await.unwrap(),
+                "delete_if" => assert_eq!(
+                    store.delete_if(&s.id(), 1).await.unwrap(),
+                    DeleteOutcome::Deleted
+                ),
+                "flush" => assert_eq!(store.flush().await.unwrap(), 1),
+                _ => store.clear().await.unwrap(),
+            }
+            assert_eq!(
+                take_under(&root.0),
+                [
+                    Step::Unlink(path.clone()),
+                    Step::SyncDir(shard_of(&path).into())
+                ],
+                "{delete}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn without_sync_nothing_is_synced() {
+        let root = TempRoot::new("nosync");
+        let store = FsStore::open_with(FsConfig {
+            sync: false,
+            ..FsConfig::new(&root.0)
+        })
+        .await
+        .unwrap();
+        let s = session(60_000);
+        store.create(&s).await.unwrap();
+        store.delete(&s.id()).await.unwrap();
+        let steps = take_under(&root.0);
+        assert!(
+            steps.iter().all(|s| matches!(s, Step::Unlink(_))),
+            "{steps:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_zero_timeout_is_a_config_error() {
+        let root = TempRoot::new("zero");
+        let config = FsConfig {
+            op_timeout: Duration::ZERO,
+            ..FsConfig::new(&root.0)
+        };
+        assert!(matches!(
+            FsStore::open_with(config).await,
+            Err(Error::Config(_))
+        ));
     }
 }
