@@ -16,8 +16,8 @@ use server_session::axum::{Session as AxumSession, SessionLayer, SessionRejectio
 use server_session::cookie::{Cookie, CookieJar, Key};
 use server_session::time::OffsetDateTime;
 use server_session::{
-    async_trait, jar_from_cookie_headers, MemoryStore, Result, Session, SessionConfig, SessionId,
-    SessionInterface, SessionManager, SessionToken, UpdateOutcome,
+    async_trait, jar_from_cookie_headers, DeleteOutcome, MemoryStore, Result, Session,
+    SessionConfig, SessionId, SessionInterface, SessionManager, SessionToken, UpdateOutcome,
 };
 use tower::ServiceExt as _;
 
@@ -53,6 +53,10 @@ impl SessionInterface for Counting {
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
         self.seen.keep(session.id());
         self.inner.update(session, expected_version).await
+    }
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        self.seen.keep(*id);
+        self.inner.delete_if(id, expected_version).await
     }
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
         self.seen.keep(*id);
@@ -173,6 +177,25 @@ async fn rows(store: &Counting, current: &Key, retired: &Key) -> Vec<Row> {
             name: "id the server never issued (signed by a stolen key)",
             headers: vec![signed(current, never_issued.as_str())],
             reaches: Reaches::LookupOf(never_issued.id()),
+        },
+        Row {
+            // A sibling subdomain planted a second `id` (cookie tossing):
+            // neither value is trusted, not even the one we issued.
+            name: "duplicate session cookies, one genuine",
+            headers: vec![format!(
+                "{}; {}",
+                signed(current, live_token.as_str()),
+                signed(current, never_issued.as_str())
+            )],
+            reaches: Reaches::Nothing,
+        },
+        Row {
+            name: "duplicate session cookies in two headers",
+            headers: vec![
+                signed(current, never_issued.as_str()),
+                signed(current, live_token.as_str()),
+            ],
+            reaches: Reaches::Nothing,
         },
         Row {
             name: "many Cookie headers at once",
