@@ -30,7 +30,9 @@
 //!   retries), appends `Set-Cookie` when one is due, and marks such
 //!   responses `Cache-Control: no-store` so no cache shares a session
 //!   cookie. A store that fails here gives `500`, since the handler's
-//!   changes were not saved.
+//!   changes were not saved. If another request deleted or regenerated the
+//!   session meanwhile, nothing is saved and no cookie is sent (a slow
+//!   request never undoes a logout); a `destroy` expires the cookie.
 //! - **A handler that panicked commits nothing**: no write, no touch, no
 //!   cookie, even when a catch-panic layer (such as
 //!   `tower_http::catch_panic::CatchPanicLayer`) inside this one turns the
@@ -336,7 +338,11 @@ impl Session {
         self.with(|s| s.flash(key, value))?
     }
 
-    /// A flash value set by the previous request.
+    /// A flash value set by an earlier request. Reading it consumes it when
+    /// this request commits; flash values not read stay for a later
+    /// request, and so does one read by a request that commits nothing (its
+    /// handler panicked, or it answered 5xx with
+    /// [`SessionLayer::save_on_server_error`]`(false)`).
     pub fn get_flash<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         self.with(|s| s.get_flash(key))?
     }

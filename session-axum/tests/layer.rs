@@ -65,6 +65,22 @@ async fn set_then_catch_a_panic(session: Session) -> Result<&'static str, Sessio
     Ok("carried on")
 }
 
+async fn set_flash(session: Session) -> Result<&'static str, SessionRejection> {
+    session.flash("msg", "saved")?;
+    Ok("ok")
+}
+
+async fn read_flash(session: Session) -> Result<String, SessionRejection> {
+    Ok(session
+        .get_flash::<String>("msg")?
+        .unwrap_or_else(|| "none".into()))
+}
+
+async fn read_flash_then_panic(session: Session) -> String {
+    let read = session.get_flash::<String>("msg");
+    panic!("handler bug after reading {read:?}");
+}
+
 fn manager(store: Arc<dyn SessionInterface>) -> Arc<SessionManager> {
     let config = SessionConfig {
         secure: false,
@@ -81,6 +97,9 @@ fn routes() -> Router {
         .route("/panic", get(set_then_panic))
         .route("/fail/{status}", get(set_then_fail))
         .route("/caught", get(set_then_catch_a_panic))
+        .route("/flash", get(set_flash))
+        .route("/read-flash", get(read_flash))
+        .route("/read-flash-panic", get(read_flash_then_panic))
 }
 
 fn app() -> Router {
@@ -295,5 +314,39 @@ async fn server_errors_can_skip_the_save() {
     assert_eq!(
         body(call(&app, "/keys", Some(&cookie)).await).await,
         "base,a"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_after_a_logout_saves_nothing_and_sends_no_cookie() {
+    let app = app();
+    let cookie = cookie_pair(&call(&app, "/set/base", None).await);
+    // `/set/a` loads the session, then sleeps while `/logout` deletes it.
+    let (slow, logout) = tokio::join!(
+        call(&app, "/set/a", Some(&cookie)),
+        call(&app, "/logout", Some(&cookie))
+    );
+    assert_eq!(logout.status(), StatusCode::OK);
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert!(
+        slow.headers().get(SET_COOKIE).is_none(),
+        "a request whose session was deleted meanwhile sent a cookie"
+    );
+    assert_eq!(body(call(&app, "/keys", Some(&cookie)).await).await, "");
+}
+
+#[tokio::test]
+async fn a_flash_is_consumed_by_reading_it_unless_the_reader_panicked() {
+    let app = app_catching_panics(Arc::new(ReferenceStore::new()));
+    let cookie = cookie_pair(&call(&app, "/flash", None).await);
+    let response = call(&app, "/read-flash-panic", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        body(call(&app, "/read-flash", Some(&cookie)).await).await,
+        "saved"
+    );
+    assert_eq!(
+        body(call(&app, "/read-flash", Some(&cookie)).await).await,
+        "none"
     );
 }
