@@ -62,7 +62,13 @@ fn server_or_skip(name: &str, addr: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{name} at {addr} is unreachable and CI is set");
     }
-    println!("skipping the {name} bench cell: {addr} is unreachable");
+    // Straight to stderr: libtest captures `println!` of a passing test,
+    // which would hide that this cell did not run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED the {name} bench cell: {addr} unreachable"
+    );
     false
 }
 
