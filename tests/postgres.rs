@@ -10,8 +10,8 @@ use std::time::Duration;
 use server_session::conformance::StoreFactory;
 use server_session::postgres::sqlx;
 use server_session::{
-    async_trait, conformance_tests, Error, PostgresConfig, PostgresStore, SessionInterface,
-    SessionToken,
+    async_trait, conformance_tests, from_unix_millis, DeleteOutcome, Error, PostgresConfig,
+    PostgresStore, Session, SessionInterface, SessionToken, UpdateOutcome, MAX_VERSION,
 };
 
 const SCHEMA: &str = "session_tests";
@@ -176,4 +176,291 @@ async fn unreachable_servers_and_unknown_users_are_backend_errors() {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+}
+
+/// A second connection's transaction, held open while the store works, to
+/// put a row lock exactly where a race would put it.
+async fn locking(store: &PostgresStore, sql: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = store.pool().begin().await.unwrap();
+    let done = sqlx::query(&sql.replace("{t}", store.table()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected(), 1, "{sql} locked nothing");
+    tx
+}
+
+/// Waits until a statement on `table` waits for a row lock.
+async fn until_blocked(store: &PostgresStore) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+        )
+        .bind(store.table())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no statement on {} ever waited for the lock", store.table());
+}
+
+/// Inserts rows 1..=n whose ids ascend with n and whose expiries are
+/// `expires_at + n`, so row 1 is first in insertion, id and expiry order:
+/// whatever plan a batch uses, row 1 is in the first batch.
+async fn fill(store: &PostgresStore, n: i64, expires_at: i64) {
+    sqlx::query(&format!(
+        "INSERT INTO {} (id, record, expires_at, version)
+         SELECT decode(lpad(to_hex(i), 64, '0'), 'hex'), '\\x00'::bytea, $1 + i, 1
+         FROM generate_series(1, $2) AS i ORDER BY i",
+        store.table()
+    ))
+    .bind(expires_at)
+    .bind(n)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn rows(store: &PostgresStore) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {}", store.table()))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+const ROW_ONE: &str = "decode(lpad('1', 64, '0'), 'hex')";
+
+#[tokio::test]
+async fn clear_does_not_stop_when_a_concurrent_delete_shortens_a_batch() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    fill(&store, 2500, server_session::now_millis() + 3_600_000).await;
+    let tx = locking(&store, &format!("DELETE FROM {{t}} WHERE id = {ROW_ONE}")).await;
+    let clearing = tokio::spawn({
+        let store = store.clone();
+        async move { store.clear().await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    clearing.await.unwrap().unwrap();
+    assert_eq!(rows(&store).await, 0, "clear returned with rows left");
+    store.drop_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn flush_does_not_stop_when_a_concurrent_delete_shortens_a_batch() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    fill(&store, 2500, server_session::now_millis() - 60_000).await;
+    let tx = locking(&store, &format!("DELETE FROM {{t}} WHERE id = {ROW_ONE}")).await;
+    let flushing = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush().await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    assert_eq!(flushing.await.unwrap().unwrap(), 2499);
+    assert_eq!(
+        rows(&store).await,
+        0,
+        "flush returned with expired rows left"
+    );
+    store.drop_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn flush_keeps_a_row_extended_while_it_waited_for_it() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    fill(&store, 3, server_session::now_millis() - 60_000).await;
+    let tx = locking(
+        &store,
+        &format!(
+            "UPDATE {{t}} SET expires_at = {} WHERE id = {ROW_ONE}",
+            server_session::now_millis() + 3_600_000
+        ),
+    )
+    .await;
+    let flushing = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush().await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    assert_eq!(flushing.await.unwrap().unwrap(), 2);
+    assert_eq!(rows(&store).await, 1, "flush deleted the extended row");
+    store.drop_table().await.unwrap();
+}
+
+/// `delete_if` waits for a concurrent writer of its row and answers by what
+/// that writer left, not by what it saw before waiting.
+#[tokio::test]
+async fn delete_if_judges_the_row_a_concurrent_writer_left() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let cases = [
+        (
+            "UPDATE {t} SET version = 2 WHERE id = $ID",
+            DeleteOutcome::Conflict,
+            true,
+        ),
+        ("DELETE FROM {t} WHERE id = $ID", DeleteOutcome::Gone, false),
+        (
+            "UPDATE {t} SET expires_at = expires_at + 1 WHERE id = $ID",
+            DeleteOutcome::Deleted,
+            false,
+        ),
+    ];
+    for (sql, outcome, kept) in cases {
+        let s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+        store.create(&s).await.unwrap();
+        let id = format!("'\\x{}'::bytea", hex(&s.id().as_bytes()[..]));
+        let tx = locking(&store, &sql.replace("$ID", &id)).await;
+        let deleting = tokio::spawn({
+            let (store, id) = (store.clone(), s.id());
+            async move { store.delete_if(&id, 1).await }
+        });
+        until_blocked(&store).await;
+        tx.commit().await.unwrap();
+        assert_eq!(deleting.await.unwrap().unwrap(), outcome, "after {sql}");
+        assert_eq!(store.exists(&s.id()).await.unwrap(), kept, "after {sql}");
+    }
+    store.drop_table().await.unwrap();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn contract_details_hold_on_postgres() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    sql_contract_details(&store).await;
+    store.drop_table().await.unwrap();
+}
+
+/// Contract sentences of today's change that the conformance suite does not
+/// check yet (see the report: they belong there).
+async fn sql_contract_details(store: &dyn SessionInterface) {
+    let now = server_session::now_millis;
+    let hour = Duration::from_secs(3600);
+
+    // Versions outside 1..=MAX_VERSION are refused and store nothing.
+    for version in [0, MAX_VERSION + 1, u64::MAX] {
+        let mut s = Session::new(SessionToken::generate().id(), hour);
+        s.set_version(version);
+        for result in [store.set(&s).await, store.create(&s).await] {
+            assert!(
+                matches!(result, Err(Error::VersionOutOfRange { version: v, .. }) if v == version),
+                "version {version}: {result:?}"
+            );
+        }
+        assert!(
+            !store.exists(&s.id()).await.unwrap(),
+            "version {version} stored"
+        );
+    }
+    let mut top = Session::new(SessionToken::generate().id(), hour);
+    top.set_version(MAX_VERSION);
+    top.insert("k", "kept").unwrap();
+    store.set(&top).await.unwrap();
+    let mut next = top.clone();
+    next.insert("k", "lost").unwrap();
+    assert!(matches!(
+        store.update(&next, MAX_VERSION).await,
+        Err(Error::VersionOutOfRange { .. })
+    ));
+    let back = store.get(&top.id()).await.unwrap().expect("kept");
+    assert_eq!(back.version(), MAX_VERSION);
+    assert_eq!(back.get::<String>("k").unwrap().as_deref(), Some("kept"));
+
+    // Expiry moves forward only; get reports the stored expiry; update
+    // replaces the write ids.
+    let s = Session::new(SessionToken::generate().id(), hour);
+    store.create(&s).await.unwrap();
+    let mut sooner = s.clone();
+    sooner.set_expires_at_millis(now() + 60_000);
+    sooner.stamp_write(42);
+    assert_eq!(
+        store.update(&sooner, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    let back = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(
+        back.expires_at_millis(),
+        s.expires_at_millis(),
+        "update shortened"
+    );
+    assert_eq!(back.recent_writes(), &[42]);
+    assert!(store
+        .touch(&s.id(), from_unix_millis(now() + 1000))
+        .await
+        .unwrap());
+    let back = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(
+        back.expires_at_millis(),
+        s.expires_at_millis(),
+        "touch shortened"
+    );
+    let later = s.expires_at_millis() + 60_000;
+    assert!(store.touch(&s.id(), from_unix_millis(later)).await.unwrap());
+    let mut after_touch = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(after_touch.expires_at_millis(), later);
+    after_touch.insert("x", &1).unwrap();
+    store.update(&after_touch, 2).await.unwrap();
+    let back = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(back.expires_at_millis(), later, "update undid a touch");
+    assert_eq!(back.recent_writes(), &[42]);
+
+    // delete_if: Conflict at another version, Deleted at its own, then Gone.
+    assert_eq!(
+        store.delete_if(&s.id(), 1).await.unwrap(),
+        DeleteOutcome::Conflict
+    );
+    assert_eq!(
+        store.delete_if(&s.id(), u64::MAX).await.unwrap(),
+        DeleteOutcome::Conflict
+    );
+    assert!(store.exists(&s.id()).await.unwrap(), "a conflict deleted");
+    assert_eq!(
+        store.delete_if(&s.id(), 3).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    assert!(!store.exists(&s.id()).await.unwrap());
+    assert_eq!(
+        store.delete_if(&s.id(), 3).await.unwrap(),
+        DeleteOutcome::Gone
+    );
+
+    // Every operation agrees that a record expired a second ago is expired.
+    store.clear().await.unwrap();
+    let mut old = Session::new(SessionToken::generate().id(), hour);
+    old.set_expires_at_millis(now() - 1000);
+    store.set(&old).await.unwrap();
+    assert!(store.get(&old.id()).await.unwrap().is_none(), "get");
+    assert_eq!(store.update(&old, 1).await.unwrap(), UpdateOutcome::Gone);
+    assert!(!store
+        .touch(&old.id(), from_unix_millis(now() + 60_000))
+        .await
+        .unwrap());
+    assert_eq!(store.len().await.unwrap(), 0, "len");
+    assert_eq!(
+        store.delete_if(&old.id(), 1).await.unwrap(),
+        DeleteOutcome::Gone
+    );
 }

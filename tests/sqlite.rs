@@ -10,7 +10,8 @@ use std::time::Duration;
 use server_session::conformance::factory;
 use server_session::sqlite::sqlx;
 use server_session::{
-    conformance_tests, Error, Session, SessionInterface, SessionToken, SqliteConfig, SqliteStore,
+    conformance_tests, from_unix_millis, DeleteOutcome, Error, Session, SessionInterface,
+    SessionToken, SqliteConfig, SqliteStore, UpdateOutcome, MAX_VERSION,
 };
 
 async fn memory_store() -> SqliteStore {
@@ -133,4 +134,260 @@ async fn an_unopenable_path_is_a_backend_error_naming_it() {
         }
         other => panic!("expected a backend error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn contract_details_hold_on_sqlite() {
+    let (dir, url) = temp_db("contract.db");
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    sql_contract_details(&store).await;
+    sql_contract_details(&memory_store().await).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A reader holding an old snapshot must not stall writers: the background
+/// checkpoint is passive, so it copies what it can and never waits for
+/// readers while holding writers off.
+#[tokio::test]
+async fn a_long_reader_never_stalls_writers() {
+    use sqlx::Connection as _;
+    let (dir, url) = temp_db("reader.db");
+    let store = SqliteStore::connect_with(SqliteConfig {
+        checkpoint_every: Duration::from_millis(20),
+        ..SqliteConfig::new(url.clone())
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    store.create(&s).await.unwrap();
+
+    let mut reader = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+
+    let hold = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut writes = 0;
+    while started.elapsed() < hold {
+        let began = std::time::Instant::now();
+        s.insert("n", &writes).unwrap();
+        let outcome = store.update(&s, s.version()).await;
+        slowest = slowest.max(began.elapsed());
+        match outcome {
+            Ok(UpdateOutcome::Updated { version }) => s.set_version(version),
+            other => panic!("write {writes} failed beside a long reader: {other:?}"),
+        }
+        writes += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a write waited {slowest:?} for the reader ({writes} writes)"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Fills `sessions` with rows 1..=n expiring at `expires_at`.
+async fn fill(url: &str, n: i64, expires_at: i64) {
+    sqlx::query(
+        "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < ?1)
+         INSERT OR REPLACE INTO sessions (id, record, expires_at, version)
+         SELECT CAST(printf('%032d', n) AS BLOB), x'00', ?2, 1 FROM i",
+    )
+    .bind(n)
+    .bind(expires_at)
+    .execute(&sqlx::SqlitePool::connect(url).await.unwrap())
+    .await
+    .unwrap();
+}
+
+/// In SQLite a batch cannot lose rows to another writer between finding and
+/// deleting them (one statement holds the write lock throughout); what can
+/// happen is other connections deleting and extending rows between
+/// batches. Neither may make `clear` or `flush` stop early, and `flush`
+/// must keep every row extended before it reached it.
+#[tokio::test]
+async fn clear_and_flush_finish_beside_other_writers() {
+    let (dir, url) = temp_db("busy.db");
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let other = sqlx::SqlitePool::connect(&url).await.unwrap();
+
+    let cutoff = server_session::now_millis() - 1;
+    fill(&url, 5000, cutoff - 60_000).await;
+    let meddler = tokio::spawn({
+        let other = other.clone();
+        async move {
+            let mut extended = Vec::new();
+            for n in (1..=5000i64).rev().step_by(7) {
+                let id = format!("{n:032}");
+                let sql = if n % 2 == 0 {
+                    "UPDATE sessions SET expires_at = expires_at + 7200000 WHERE id = CAST(?1 AS BLOB)"
+                } else {
+                    "DELETE FROM sessions WHERE id = CAST(?1 AS BLOB)"
+                };
+                let done = sqlx::query(sql).bind(&id).execute(&other).await.unwrap();
+                if n % 2 == 0 && done.rows_affected() == 1 {
+                    extended.push(id);
+                }
+                tokio::task::yield_now().await;
+            }
+            extended
+        }
+    });
+    store.flush().await.unwrap();
+    let extended = meddler.await.unwrap();
+    let expired: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE expires_at <= ?1")
+        .bind(cutoff)
+        .fetch_one(&other)
+        .await
+        .unwrap();
+    assert_eq!(expired, 0, "flush returned with expired rows left");
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .fetch_one(&other)
+        .await
+        .unwrap();
+    assert_eq!(kept as usize, extended.len(), "an extended row was flushed");
+
+    fill(&url, 5000, cutoff + 3_600_000).await;
+    let meddler = tokio::spawn({
+        let other = other.clone();
+        async move {
+            for n in (1..=5000i64).rev().step_by(3) {
+                sqlx::query("DELETE FROM sessions WHERE id = CAST(?1 AS BLOB)")
+                    .bind(format!("{n:032}"))
+                    .execute(&other)
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    store.clear().await.unwrap();
+    meddler.await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .fetch_one(&other)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "clear returned with rows left");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Contract sentences of today's change that the conformance suite does not
+/// check yet (see the report: they belong there).
+async fn sql_contract_details(store: &dyn SessionInterface) {
+    let now = server_session::now_millis;
+    let hour = Duration::from_secs(3600);
+
+    // Versions outside 1..=MAX_VERSION are refused and store nothing.
+    for version in [0, MAX_VERSION + 1, u64::MAX] {
+        let mut s = Session::new(SessionToken::generate().id(), hour);
+        s.set_version(version);
+        for result in [store.set(&s).await, store.create(&s).await] {
+            assert!(
+                matches!(result, Err(Error::VersionOutOfRange { version: v, .. }) if v == version),
+                "version {version}: {result:?}"
+            );
+        }
+        assert!(
+            !store.exists(&s.id()).await.unwrap(),
+            "version {version} stored"
+        );
+    }
+    let mut top = Session::new(SessionToken::generate().id(), hour);
+    top.set_version(MAX_VERSION);
+    top.insert("k", "kept").unwrap();
+    store.set(&top).await.unwrap();
+    let mut next = top.clone();
+    next.insert("k", "lost").unwrap();
+    assert!(matches!(
+        store.update(&next, MAX_VERSION).await,
+        Err(Error::VersionOutOfRange { .. })
+    ));
+    let back = store.get(&top.id()).await.unwrap().expect("kept");
+    assert_eq!(back.version(), MAX_VERSION);
+    assert_eq!(back.get::<String>("k").unwrap().as_deref(), Some("kept"));
+
+    // Expiry moves forward only; get reports the stored expiry; update
+    // replaces the write ids.
+    let s = Session::new(SessionToken::generate().id(), hour);
+    store.create(&s).await.unwrap();
+    let mut sooner = s.clone();
+    sooner.set_expires_at_millis(now() + 60_000);
+    sooner.stamp_write(42);
+    assert_eq!(
+        store.update(&sooner, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    let back = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(
+        back.expires_at_millis(),
+        s.expires_at_millis(),
+        "update shortened"
+    );
+    assert_eq!(back.recent_writes(), &[42]);
+    assert!(store
+        .touch(&s.id(), from_unix_millis(now() + 1000))
+        .await
+        .unwrap());
+    let back = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(
+        back.expires_at_millis(),
+        s.expires_at_millis(),
+        "touch shortened"
+    );
+    let later = s.expires_at_millis() + 60_000;
+    assert!(store.touch(&s.id(), from_unix_millis(later)).await.unwrap());
+    let mut after_touch = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(after_touch.expires_at_millis(), later);
+    after_touch.insert("x", &1).unwrap();
+    store.update(&after_touch, 2).await.unwrap();
+    let back = store.get(&s.id()).await.unwrap().expect("live");
+    assert_eq!(back.expires_at_millis(), later, "update undid a touch");
+    assert_eq!(back.recent_writes(), &[42]);
+
+    // delete_if: Conflict at another version, Deleted at its own, then Gone.
+    assert_eq!(
+        store.delete_if(&s.id(), 1).await.unwrap(),
+        DeleteOutcome::Conflict
+    );
+    assert_eq!(
+        store.delete_if(&s.id(), u64::MAX).await.unwrap(),
+        DeleteOutcome::Conflict
+    );
+    assert!(store.exists(&s.id()).await.unwrap(), "a conflict deleted");
+    assert_eq!(
+        store.delete_if(&s.id(), 3).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    assert!(!store.exists(&s.id()).await.unwrap());
+    assert_eq!(
+        store.delete_if(&s.id(), 3).await.unwrap(),
+        DeleteOutcome::Gone
+    );
+
+    // Every operation agrees that a record expired a second ago is expired.
+    store.clear().await.unwrap();
+    let mut old = Session::new(SessionToken::generate().id(), hour);
+    old.set_expires_at_millis(now() - 1000);
+    store.set(&old).await.unwrap();
+    assert!(store.get(&old.id()).await.unwrap().is_none(), "get");
+    assert_eq!(store.update(&old, 1).await.unwrap(), UpdateOutcome::Gone);
+    assert!(!store
+        .touch(&old.id(), from_unix_millis(now() + 60_000))
+        .await
+        .unwrap());
+    assert_eq!(store.len().await.unwrap(), 0, "len");
+    assert_eq!(
+        store.delete_if(&old.id(), 1).await.unwrap(),
+        DeleteOutcome::Gone
+    );
 }

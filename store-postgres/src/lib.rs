@@ -10,6 +10,20 @@
 //! statement; a failed compare-and-set pays one more to tell `Conflict` from
 //! `Gone`.
 //!
+//! **Clock.** Expiry is judged by the PostgreSQL server's clock
+//! (`clock_timestamp()`, in Unix milliseconds) in every statement that asks
+//! whether a record is live (`get`, `update`, `delete_if`, `touch`, `len`)
+//! and for the cutoff of `flush`, never by the app's clock: app servers
+//! whose clocks disagree still agree on what has expired. The expiries
+//! stored are the app's (`Session::expires_at`), so a skewed app clock moves
+//! the expiries it writes, not the judgement of them.
+//!
+//! `update` and `touch` never move a stored expiry earlier
+//! (`GREATEST(expires_at, $new)`); `get` reports the `expires_at` column,
+//! which is authoritative over the expiry inside the encoded record.
+//! `flush` and `clear` delete in batches until a batch finds nothing, and
+//! `flush` spares a row extended while it waited for that row's lock.
+//!
 //! ```no_run
 //! # async fn demo() -> session_store::Result<()> {
 //! use session_store_postgres::{PostgresConfig, PostgresStore};
@@ -27,7 +41,9 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_store::backend::{check_sql_identifier, redact_url, timed};
+use session_store::backend::{
+    check_sql_identifier, next_version, redact_url, storable_version, timed,
+};
 use session_store::time::OffsetDateTime;
 use session_store::{
     codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
@@ -109,6 +125,7 @@ struct Queries {
     delete_if: String,
     state: String,
     touch: String,
+    now: String,
     flush: String,
     clear: String,
     len: String,
@@ -118,7 +135,9 @@ impl Queries {
     fn new(t: &str) -> Self {
         Queries {
             exists: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1)"),
-            get: format!("SELECT record, expires_at, version FROM {t} WHERE id = $1 AND expires_at > $2"),
+            get: format!(
+                "SELECT record, expires_at, version FROM {t} WHERE id = $1 AND expires_at > {NOW}"
+            ),
             set: format!(
                 "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (id) DO UPDATE SET record = excluded.record,
@@ -130,8 +149,8 @@ impl Queries {
                  ON CONFLICT (id) DO NOTHING"
             ),
             update: format!(
-                "UPDATE {t} SET record = $2, expires_at = $3, version = $4
-                 WHERE id = $1 AND version = $5 AND expires_at > $6"
+                "UPDATE {t} SET record = $2, expires_at = GREATEST(expires_at, $3), version = $4
+                 WHERE id = $1 AND version = $5 AND expires_at > {NOW}"
             ),
             // The row is locked first, so `live` and `version` are those of its
             // newest committed version (a concurrent save or delete is waited
@@ -145,13 +164,39 @@ impl Queries {
                  )
                  SELECT COALESCE((SELECT live FROM cur), false), EXISTS(SELECT 1 FROM gone)"
             ),
-            state: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1 AND expires_at > $2)"),
-            touch: format!("UPDATE {t} SET expires_at = $2 WHERE id = $1 AND expires_at > $3"),
-            flush: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= $1 LIMIT {DELETE_BATCH})"
+            state: format!(
+                "SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1 AND expires_at > {NOW})"
             ),
-            clear: format!("DELETE FROM {t} WHERE id IN (SELECT id FROM {t} LIMIT {DELETE_BATCH})"),
-            len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > $1"),
+            touch: format!(
+                "UPDATE {t} SET expires_at = GREATEST(expires_at, $2)
+                 WHERE id = $1 AND expires_at > {NOW}"
+            ),
+            now: format!("SELECT {NOW}"),
+            // A batch reports how many rows it found as well as how many it
+            // deleted: rows found may be deleted by others meanwhile, so only
+            // a batch that finds none proves the work is done. The expiry is
+            // checked again on the deleted row itself because, after waiting
+            // for a concurrent writer's lock, PostgreSQL re-checks only the
+            // DELETE's own conditions against the new row version; a row
+            // extended meanwhile must be spared.
+            flush: format!(
+                "WITH batch AS (
+                     SELECT id FROM {t} WHERE expires_at <= $1 ORDER BY expires_at LIMIT {DELETE_BATCH}
+                 ), gone AS (
+                     DELETE FROM {t} AS s USING batch
+                     WHERE s.id = batch.id AND s.expires_at <= $1 RETURNING 1
+                 )
+                 SELECT (SELECT COUNT(*) FROM batch), (SELECT COUNT(*) FROM gone)"
+            ),
+            clear: format!(
+                "WITH batch AS (
+                     SELECT id FROM {t} ORDER BY id LIMIT {DELETE_BATCH}
+                 ), gone AS (
+                     DELETE FROM {t} AS s USING batch WHERE s.id = batch.id
+                 )
+                 SELECT COUNT(*) FROM batch"
+            ),
+            len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > {NOW}"),
         }
     }
 }
@@ -308,10 +353,6 @@ async fn migrate_steps(
     Ok(())
 }
 
-fn version_param(version: u64) -> i64 {
-    i64::try_from(version).unwrap_or(i64::MAX)
-}
-
 #[async_trait]
 impl SessionInterface for PostgresStore {
     async fn exists(&self, id: &SessionId) -> Result<bool> {
@@ -320,9 +361,7 @@ impl SessionInterface for PostgresStore {
     }
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
-        let q = sqlx::query(&self.sql.get)
-            .bind(&id.as_bytes()[..])
-            .bind(now_millis());
+        let q = sqlx::query(&self.sql.get).bind(&id.as_bytes()[..]);
         let Some(row) = self.run("get", q.fetch_optional(&self.pool)).await? else {
             return Ok(None);
         };
@@ -340,19 +379,21 @@ impl SessionInterface for PostgresStore {
             &record,
             &format!("row {id} of table {}", self.qualified),
         )?;
-        // The columns are authoritative: touch moves only `expires_at`.
+        // The columns are authoritative: touch and update move only
+        // `expires_at`, never the expiry in the record's header.
         session.set_expires_at_millis(expires_at);
         session.set_version(version as u64);
         Ok(Some(session))
     }
 
     async fn set(&self, session: &Session) -> Result<()> {
+        let version = storable_version(session.id(), session.version())?;
         let record = codec::encode(session, session.version())?;
         let q = sqlx::query(&self.sql.set)
             .bind(session.id().as_bytes().to_vec())
             .bind(record)
             .bind(session.expires_at_millis())
-            .bind(version_param(session.version()));
+            .bind(version);
         self.run("set", q.execute(&self.pool)).await.map(drop)
     }
 
@@ -362,12 +403,13 @@ impl SessionInterface for PostgresStore {
     }
 
     async fn create(&self, session: &Session) -> Result<()> {
+        let version = storable_version(session.id(), session.version())?;
         let record = codec::encode(session, session.version())?;
         let q = sqlx::query(&self.sql.create)
             .bind(session.id().as_bytes().to_vec())
             .bind(record)
             .bind(session.expires_at_millis())
-            .bind(version_param(session.version()));
+            .bind(version);
         if self
             .run("create", q.execute(&self.pool))
             .await?
@@ -381,18 +423,17 @@ impl SessionInterface for PostgresStore {
     }
 
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
-        let version = expected_version + 1;
+        // `next_version` keeps both versions within `i64`.
+        let version = next_version(session.id(), expected_version)?;
         let record = codec::encode(session, version)?;
         let id = session.id();
         let id = &id.as_bytes()[..];
-        let now = now_millis();
         let q = sqlx::query(&self.sql.update)
             .bind(id)
             .bind(record)
             .bind(session.expires_at_millis())
-            .bind(version_param(version))
-            .bind(version_param(expected_version))
-            .bind(now);
+            .bind(version as i64)
+            .bind(expected_version as i64);
         if self
             .run("update", q.execute(&self.pool))
             .await?
@@ -402,7 +443,7 @@ impl SessionInterface for PostgresStore {
             return Ok(UpdateOutcome::Updated { version });
         }
         // Only a failed save pays this second statement: live means Conflict.
-        let q = sqlx::query_scalar(&self.sql.state).bind(id).bind(now);
+        let q = sqlx::query_scalar(&self.sql.state).bind(id);
         let live: bool = self.run("update", q.fetch_one(&self.pool)).await?;
         Ok(if live {
             UpdateOutcome::Conflict
@@ -428,8 +469,7 @@ impl SessionInterface for PostgresStore {
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
         let q = sqlx::query(&self.sql.touch)
             .bind(&id.as_bytes()[..])
-            .bind(unix_millis(expires_at))
-            .bind(now_millis());
+            .bind(unix_millis(expires_at));
         Ok(self
             .run("touch", q.execute(&self.pool))
             .await?
@@ -438,16 +478,21 @@ impl SessionInterface for PostgresStore {
     }
 
     async fn flush(&self) -> Result<u64> {
-        let now = now_millis();
+        // One cutoff, the server's now at the start: what expired later is
+        // the next flush's work, so a steady trickle cannot keep this one
+        // running.
+        let cutoff: i64 = self
+            .run(
+                "flush",
+                sqlx::query_scalar(&self.sql.now).fetch_one(&self.pool),
+            )
+            .await?;
         let mut total = 0;
         loop {
-            let q = sqlx::query(&self.sql.flush).bind(now);
-            let deleted = self
-                .run("flush", q.execute(&self.pool))
-                .await?
-                .rows_affected();
-            total += deleted;
-            if deleted < DELETE_BATCH as u64 {
+            let q = sqlx::query_as::<_, (i64, i64)>(&self.sql.flush).bind(cutoff);
+            let (found, deleted) = self.run("flush", q.fetch_one(&self.pool)).await?;
+            total += deleted.max(0) as u64;
+            if found == 0 {
                 return Ok(total);
             }
         }
@@ -455,19 +500,16 @@ impl SessionInterface for PostgresStore {
 
     async fn clear(&self) -> Result<()> {
         loop {
-            let q = sqlx::query(&self.sql.clear);
-            let deleted = self
-                .run("clear", q.execute(&self.pool))
-                .await?
-                .rows_affected();
-            if deleted < DELETE_BATCH as u64 {
+            let q = sqlx::query_scalar::<_, i64>(&self.sql.clear);
+            let found = self.run("clear", q.fetch_one(&self.pool)).await?;
+            if found == 0 {
                 return Ok(());
             }
         }
     }
 
     async fn len(&self) -> Result<u64> {
-        let q = sqlx::query_scalar::<_, i64>(&self.sql.len).bind(now_millis());
+        let q = sqlx::query_scalar::<_, i64>(&self.sql.len);
         Ok(self.run("len", q.fetch_one(&self.pool)).await?.max(0) as u64)
     }
 }

@@ -12,10 +12,19 @@
 //!   connections fighting for it (and sleeping in its busy handler).
 //! - WAL checkpoints run on a background connection every
 //!   [`SqliteConfig::checkpoint_every`] instead of inside a writer's commit,
-//!   where they would stall every queued writer; the WAL file is capped at
-//!   64 MiB.
+//!   where they would stall every queued writer. They are *passive*: they
+//!   never wait for readers and never hold writers off, so a reader keeping
+//!   an old snapshot open only delays the reuse of the WAL until it is done.
+//!   A WAL file that grew is cut back to 64 MiB when it is reused.
 //! - A save that keeps the expiry leaves `expires_at` out of its `UPDATE`,
 //!   so SQLite need not rewrite the index entry.
+//! - **Clock:** expiry is judged by this process's clock (`now_millis`), as
+//!   for every in-process store: the database is a local file, so there is
+//!   no server clock to defer to. Processes sharing one file should keep
+//!   their clocks in step.
+//! - `update` and `touch` never move a stored expiry earlier
+//!   (`MAX(expires_at, ?)`); `get` reports the `expires_at` column, which is
+//!   authoritative over the expiry inside the encoded record.
 //! - A file path (`sqlite://sessions.db`, created if missing) or
 //!   `sqlite::memory:` (one private database on one connection, for tests).
 //!
@@ -34,7 +43,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_store::backend::{check_sql_identifier, timed};
+use session_store::backend::{check_sql_identifier, next_version, storable_version, timed};
 use session_store::time::OffsetDateTime;
 use session_store::{
     codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
@@ -126,7 +135,9 @@ impl Queries {
     fn new(t: &str) -> Self {
         Queries {
             exists: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = ?1)"),
-            get: format!("SELECT record, expires_at, version FROM {t} WHERE id = ?1 AND expires_at > ?2"),
+            get: format!(
+                "SELECT record, expires_at, version FROM {t} WHERE id = ?1 AND expires_at > ?2"
+            ),
             set: format!(
                 "INSERT INTO {t} (id, record, expires_at, version) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (id) DO UPDATE SET record = excluded.record,
@@ -139,19 +150,25 @@ impl Queries {
             ),
             update_same_expiry: format!(
                 "UPDATE {t} SET record = ?2, version = ?4
-                 WHERE id = ?1 AND version = ?5 AND expires_at > ?6 AND expires_at = ?3"
+                 WHERE id = ?1 AND version = ?5 AND expires_at > ?6 AND expires_at >= ?3"
             ),
             update: format!(
-                "UPDATE {t} SET record = ?2, expires_at = ?3, version = ?4
+                "UPDATE {t} SET record = ?2, expires_at = MAX(expires_at, ?3), version = ?4
                  WHERE id = ?1 AND version = ?5 AND expires_at > ?6"
             ),
             delete_if: format!(
                 "DELETE FROM {t} WHERE id = ?1 AND version = ?2 AND expires_at > ?3"
             ),
             state: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = ?1 AND expires_at > ?2)"),
-            touch: format!("UPDATE {t} SET expires_at = ?2 WHERE id = ?1 AND expires_at > ?3"),
+            touch: format!(
+                "UPDATE {t} SET expires_at = MAX(expires_at, ?2) WHERE id = ?1 AND expires_at > ?3"
+            ),
+            // The outer expiry check is redundant in SQLite, where the whole
+            // statement holds the write lock, but keeps the statement right
+            // under any engine that re-checks only a DELETE's own conditions.
             flush: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= ?1 LIMIT {DELETE_BATCH})"
+                "DELETE FROM {t} WHERE expires_at <= ?1
+                 AND id IN (SELECT id FROM {t} WHERE expires_at <= ?1 LIMIT {DELETE_BATCH})"
             ),
             clear: format!("DELETE FROM {t} WHERE id IN (SELECT id FROM {t} LIMIT {DELETE_BATCH})"),
             len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > ?1"),
@@ -362,7 +379,11 @@ impl Checkpointer {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                // PASSIVE copies what no reader still needs and never waits:
+                // FULL or RESTART would hold new writers off until every
+                // reader left its snapshot, so one slow reader would stall
+                // (and, past the busy timeout, fail) every write.
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                     .execute(&mut conn)
                     .await
                 {
@@ -377,10 +398,6 @@ impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn version_param(version: u64) -> i64 {
-    i64::try_from(version).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -418,19 +435,21 @@ impl SessionInterface for SqliteStore {
             .map_err(|e| Error::decode(self.context("get"), e))?;
         let mut session =
             codec::decode(*id, &record, &format!("row {id} of table {}", self.table))?;
-        // The columns are authoritative: touch moves only `expires_at`.
+        // The columns are authoritative: touch and update move only
+        // `expires_at`, never the expiry in the record's header.
         session.set_expires_at_millis(expires_at);
         session.set_version(version as u64);
         Ok(Some(session))
     }
 
     async fn set(&self, session: &Session) -> Result<()> {
+        let version = storable_version(session.id(), session.version())?;
         let record = codec::encode(session, session.version())?;
         let q = sqlx::query(&self.sql.set)
             .bind(session.id().as_bytes().to_vec())
             .bind(record)
             .bind(session.expires_at_millis())
-            .bind(version_param(session.version()));
+            .bind(version);
         self.write("set", q).await.map(drop)
     }
 
@@ -440,12 +459,13 @@ impl SessionInterface for SqliteStore {
     }
 
     async fn create(&self, session: &Session) -> Result<()> {
+        let version = storable_version(session.id(), session.version())?;
         let record = codec::encode(session, session.version())?;
         let q = sqlx::query(&self.sql.create)
             .bind(session.id().as_bytes().to_vec())
             .bind(record)
             .bind(session.expires_at_millis())
-            .bind(version_param(session.version()));
+            .bind(version);
         let done = self.write("create", q).await?;
         if done.rows_affected() == 1 {
             Ok(())
@@ -455,18 +475,21 @@ impl SessionInterface for SqliteStore {
     }
 
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
-        let version = version_param(expected_version + 1);
-        let expected = version_param(expected_version);
-        let record = codec::encode(session, expected_version + 1)?;
+        let next = next_version(session.id(), expected_version)?;
+        // `next_version` keeps both versions within `i64`.
+        let (version, expected) = (next as i64, expected_version as i64);
+        let record = codec::encode(session, next)?;
         let id = session.id();
         let id = &id.as_bytes()[..];
         let expires_at = session.expires_at_millis();
         let now = now_millis();
         let work = async {
             let mut conn = self.writer.lock().await;
-            // Most saves keep the expiry. Leaving `expires_at` out of the SET
-            // list spares SQLite rewriting its index entry, a quarter of the
-            // cost of a save; a moved expiry falls through to the full UPDATE.
+            // Most saves keep the expiry (or bring one no later than the
+            // stored one, which must not shorten it). Leaving `expires_at`
+            // out of the SET list spares SQLite rewriting its index entry, a
+            // quarter of the cost of a save; a later expiry falls through to
+            // the full UPDATE.
             for sql in [&self.sql.update_same_expiry, &self.sql.update] {
                 let done = sqlx::query(sql)
                     .bind(id)
@@ -478,9 +501,7 @@ impl SessionInterface for SqliteStore {
                     .execute(&mut *conn)
                     .await?;
                 if done.rows_affected() == 1 {
-                    return Ok(UpdateOutcome::Updated {
-                        version: expected_version + 1,
-                    });
+                    return Ok(UpdateOutcome::Updated { version: next });
                 }
             }
             // Only a failed save pays this: live means Conflict.
@@ -539,6 +560,12 @@ impl SessionInterface for SqliteStore {
         Ok(self.write("touch", q).await?.rows_affected() == 1)
     }
 
+    // A batch is one statement, which holds SQLite's write lock from finding
+    // its rows to deleting them: no other writer (in this process or another)
+    // can delete one in between, so a batch deletes exactly what it found,
+    // and "deleted nothing" is "found nothing". Other writers can act only
+    // between batches, which the next batch sees; so stop at the first
+    // empty batch, never at a short one.
     async fn flush(&self) -> Result<u64> {
         let now = now_millis();
         let mut total = 0;
@@ -546,7 +573,7 @@ impl SessionInterface for SqliteStore {
             let q = sqlx::query(&self.sql.flush).bind(now);
             let deleted = self.write("flush", q).await?.rows_affected();
             total += deleted;
-            if deleted < DELETE_BATCH as u64 {
+            if deleted == 0 {
                 return Ok(total);
             }
         }
@@ -555,8 +582,7 @@ impl SessionInterface for SqliteStore {
     async fn clear(&self) -> Result<()> {
         loop {
             let q = sqlx::query(&self.sql.clear);
-            let deleted = self.write("clear", q).await?.rows_affected();
-            if deleted < DELETE_BATCH as u64 {
+            if self.write("clear", q).await?.rows_affected() == 0 {
                 return Ok(());
             }
         }
