@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use server_session::conformance::StoreFactory;
@@ -17,10 +17,28 @@ fn temp_root() -> PathBuf {
     std::env::temp_dir().join(common::unique("session-fs-"))
 }
 
-/// A fresh directory per store, removed after the case.
+/// A fresh directory per store, removed after the case. Each store's root
+/// is remembered by the address of its `Arc`, so that `make_nested` can
+/// nest a store inside one it made.
 #[derive(Default)]
 struct TempDirs {
     made: common::Made<PathBuf>,
+    roots: Mutex<Vec<(usize, PathBuf)>>,
+}
+
+fn address(store: &Arc<dyn SessionInterface>) -> usize {
+    Arc::as_ptr(store) as *const () as usize
+}
+
+impl TempDirs {
+    async fn open(&self, root: PathBuf) -> Option<Arc<dyn SessionInterface>> {
+        let store: Arc<dyn SessionInterface> =
+            Arc::new(FsStore::open(&root).await.expect("temp dir store"));
+        if let Ok(mut roots) = self.roots.lock() {
+            roots.push((address(&store), root));
+        }
+        Some(store)
+    }
 }
 
 #[async_trait]
@@ -28,7 +46,23 @@ impl StoreFactory for TempDirs {
     async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
         let root = temp_root();
         self.made.keep(root.clone());
-        Some(Arc::new(FsStore::open(root).await.expect("temp dir store")))
+        self.open(root).await
+    }
+
+    /// Nested under a two-hex-digit name, so that the outer store sees the
+    /// inner root where it keeps a shard: the most confusable nesting.
+    async fn make_nested(
+        &self,
+        outer: &Arc<dyn SessionInterface>,
+    ) -> Option<Arc<dyn SessionInterface>> {
+        let outer_root = self
+            .roots
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(at, _)| *at == address(outer))
+            .map(|(_, root)| root.clone())?;
+        self.open(outer_root.join("ab")).await
     }
 
     async fn cleanup(&self, _store: Arc<dyn SessionInterface>) {
