@@ -4,17 +4,38 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use server_session::async_trait;
 use server_session::conformance::StoreFactory;
 use server_session::redis::deadpool_redis::redis;
 use server_session::{
-    conformance_tests, Error, RedisConfig, RedisStore, Session, SessionInterface, SessionToken,
+    codec, conformance_tests, from_unix_millis, now_millis, DeleteOutcome, Error, RedisConfig,
+    RedisStore, Session, SessionInterface, SessionToken, UpdateOutcome, MAX_VERSION,
 };
 
-struct Redis;
+/// Makes Redis stores, remembering each one's prefix (by the address of
+/// its `Arc`) so that `make_nested` can nest a store inside one it made.
+#[derive(Default)]
+struct Redis {
+    prefixes: Mutex<Vec<(usize, String)>>,
+}
+
+impl Redis {
+    fn remember(&self, store: RedisStore) -> Arc<dyn SessionInterface> {
+        let prefix = store.prefix().to_owned();
+        let store: Arc<dyn SessionInterface> = Arc::new(store);
+        if let Ok(mut prefixes) = self.prefixes.lock() {
+            prefixes.push((address(&store), prefix));
+        }
+        store
+    }
+}
+
+fn address(store: &Arc<dyn SessionInterface>) -> usize {
+    Arc::as_ptr(store) as *const () as usize
+}
 
 async fn store_with_prefix(prefix: String) -> Option<RedisStore> {
     let url = common::redis_url();
@@ -36,11 +57,27 @@ async fn store_with_prefix(prefix: String) -> Option<RedisStore> {
 impl StoreFactory for Redis {
     async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
         let store = store_with_prefix(common::unique("test:") + ":").await?;
-        Some(Arc::new(store))
+        Some(self.remember(store))
+    }
+
+    /// `outer`'s prefix followed by `admin:`.
+    async fn make_nested(
+        &self,
+        outer: &Arc<dyn SessionInterface>,
+    ) -> Option<Arc<dyn SessionInterface>> {
+        let prefix = self
+            .prefixes
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(at, _)| *at == address(outer))
+            .map(|(_, prefix)| prefix.clone())?;
+        let store = store_with_prefix(prefix + "admin:").await?;
+        Some(self.remember(store))
     }
 }
 
-conformance_tests!(Redis);
+conformance_tests!(Redis::default());
 
 async fn raw_connection() -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(common::redis_url()).expect("REDIS_URL parses");
@@ -195,4 +232,266 @@ async fn an_unreachable_server_is_a_typed_error_naming_the_address() {
         other => panic!("expected a backend error, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+fn sessions(n: usize, ttl: Duration) -> Vec<Session> {
+    (0..n)
+        .map(|_| Session::new(SessionToken::generate().id(), ttl))
+        .collect()
+}
+
+async fn create_all(store: &RedisStore, sessions: &[Session]) {
+    for s in sessions {
+        store.create(s).await.unwrap();
+    }
+}
+
+async fn all_present(store: &RedisStore, sessions: &[Session]) -> bool {
+    for s in sessions {
+        if store.get(&s.id()).await.unwrap().is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A prefix that starts with another store's prefix is another namespace,
+/// whether it goes on with `admin:` or with hex digits that look like the
+/// start of a session id.
+#[tokio::test]
+async fn nested_prefixes_are_foreign_namespaces() {
+    let outer_prefix = common::unique("test:") + ":";
+    let Some(outer) = store_with_prefix(outer_prefix.clone()).await else {
+        return;
+    };
+    let Some(admin) = store_with_prefix(format!("{outer_prefix}admin:")).await else {
+        return;
+    };
+    let Some(hex) = store_with_prefix(format!("{outer_prefix}ab")).await else {
+        return;
+    };
+    let ttl = Duration::from_secs(60);
+    let (o, a, h) = (sessions(3, ttl), sessions(2, ttl), sessions(4, ttl));
+    create_all(&outer, &o).await;
+    create_all(&admin, &a).await;
+    create_all(&hex, &h).await;
+
+    assert_eq!(outer.len().await.unwrap(), 3, "outer counts only its own");
+    assert_eq!(admin.len().await.unwrap(), 2);
+    assert_eq!(hex.len().await.unwrap(), 4);
+
+    outer.clear().await.unwrap();
+    assert_eq!(outer.len().await.unwrap(), 0);
+    assert!(all_present(&admin, &a).await, "outer clear took admin's");
+    assert!(
+        all_present(&hex, &h).await,
+        "outer clear took the hex store's"
+    );
+
+    create_all(&outer, &o).await;
+    admin.clear().await.unwrap();
+    hex.clear().await.unwrap();
+    assert_eq!(admin.len().await.unwrap(), 0);
+    assert_eq!(hex.len().await.unwrap(), 0);
+    assert!(
+        all_present(&outer, &o).await,
+        "inner clear took the outer's"
+    );
+    assert_eq!(outer.len().await.unwrap(), 3);
+    outer.clear().await.unwrap();
+}
+
+async fn raw_get(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(key).query_async(raw).await.unwrap()
+}
+
+async fn raw_pttl(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(raw).await.unwrap()
+}
+
+/// A record whose header says it expired, while its key still has a TTL
+/// (written by someone else, or judged by another clock), is expired for
+/// every operation: nothing may revive it.
+#[tokio::test]
+async fn a_record_expired_by_its_header_is_gone_for_every_operation() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut raw = raw_connection().await;
+    let mut session = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+    session.insert("user", "ada").unwrap();
+    let key = format!("{prefix}{}", session.id().to_hex());
+    let mut bytes = codec::encode(&session, 1).unwrap();
+    codec::patch_expires_at(&mut bytes, now_millis() - 10_000, &key).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&bytes)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    assert!(store.get(&session.id()).await.unwrap().is_none(), "get");
+    assert_eq!(
+        store.update(&session, 1).await.unwrap(),
+        UpdateOutcome::Gone,
+        "update revived an expired record"
+    );
+    assert_eq!(raw_get(&mut raw, &key).await, Some(bytes.clone()));
+    let later = from_unix_millis(now_millis() + 120_000);
+    assert!(!store.touch(&session.id(), later).await.unwrap(), "touch");
+    assert_eq!(raw_get(&mut raw, &key).await, Some(bytes.clone()));
+    assert_eq!(
+        store.delete_if(&session.id(), 1).await.unwrap(),
+        DeleteOutcome::Gone
+    );
+    assert_eq!(
+        store.len().await.unwrap(),
+        0,
+        "len counted an expired record"
+    );
+    store.clear().await.unwrap();
+}
+
+/// `update` and `touch` with an earlier expiry than the stored one keep
+/// the stored one, in the record and in the key's TTL.
+#[tokio::test]
+async fn update_and_touch_never_move_expiry_backwards() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut raw = raw_connection().await;
+    let long = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    let key = format!("{prefix}{}", long.id().to_hex());
+    store.create(&long).await.unwrap();
+
+    let mut short = Session::from_parts(
+        long.id(),
+        long.data().clone(),
+        long.flash().clone(),
+        long.created_at_millis(),
+        now_millis() + 60_000,
+        long.version(),
+    );
+    short.insert("n", &1).unwrap();
+    assert_eq!(
+        store.update(&short, long.version()).await.unwrap(),
+        UpdateOutcome::Updated {
+            version: long.version() + 1
+        }
+    );
+    let stored = store.get(&long.id()).await.unwrap().unwrap();
+    assert_eq!(stored.expires_at_millis(), long.expires_at_millis());
+    assert_eq!(stored.get::<i32>("n").unwrap(), Some(1), "data saved");
+    assert!(raw_pttl(&mut raw, &key).await > 3_000_000, "TTL cut short");
+
+    let soon = from_unix_millis(now_millis() + 30_000);
+    assert!(store.touch(&long.id(), soon).await.unwrap(), "live");
+    let stored = store.get(&long.id()).await.unwrap().unwrap();
+    assert_eq!(stored.expires_at_millis(), long.expires_at_millis());
+    assert!(raw_pttl(&mut raw, &key).await > 3_000_000, "TTL cut short");
+
+    // Later still does move, in both places.
+    let later_ms = long.expires_at_millis() + 3_600_000;
+    assert!(store
+        .touch(&long.id(), from_unix_millis(later_ms))
+        .await
+        .unwrap());
+    let stored = store.get(&long.id()).await.unwrap().unwrap();
+    assert_eq!(stored.expires_at_millis(), later_ms);
+    assert!(raw_pttl(&mut raw, &key).await > 6_000_000);
+    store.clear().await.unwrap();
+}
+
+/// Versions stay in `1..=MAX_VERSION`: out-of-range versions are refused,
+/// and `update` at the top errors instead of overflowing or wrapping.
+#[tokio::test]
+async fn versions_stay_in_range() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = store_with_prefix(prefix).await else {
+        return;
+    };
+    let fresh = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+    let with_version = |version: u64| {
+        Session::from_parts(
+            fresh.id(),
+            fresh.data().clone(),
+            fresh.flash().clone(),
+            fresh.created_at_millis(),
+            fresh.expires_at_millis(),
+            version,
+        )
+    };
+    for bad in [0, MAX_VERSION + 1, u64::MAX] {
+        assert!(
+            matches!(
+                store.set(&with_version(bad)).await,
+                Err(Error::VersionOutOfRange { .. })
+            ),
+            "set {bad}"
+        );
+        assert!(
+            matches!(
+                store.create(&with_version(bad)).await,
+                Err(Error::VersionOutOfRange { .. })
+            ),
+            "create {bad}"
+        );
+    }
+    assert!(store.get(&fresh.id()).await.unwrap().is_none());
+
+    store.set(&with_version(MAX_VERSION)).await.unwrap();
+    for expected in [MAX_VERSION, u64::MAX] {
+        assert!(
+            matches!(
+                store.update(&with_version(MAX_VERSION), expected).await,
+                Err(Error::VersionOutOfRange { .. })
+            ),
+            "update from {expected}"
+        );
+    }
+    let stored = store.get(&fresh.id()).await.unwrap().unwrap();
+    assert_eq!(stored.version(), MAX_VERSION);
+    assert_eq!(
+        store.delete_if(&fresh.id(), MAX_VERSION - 1).await.unwrap(),
+        DeleteOutcome::Conflict
+    );
+    assert_eq!(
+        store.delete_if(&fresh.id(), MAX_VERSION).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(
+        store.delete_if(&fresh.id(), MAX_VERSION).await.unwrap(),
+        DeleteOutcome::Gone
+    );
+    store.clear().await.unwrap();
+}
+
+/// `clear` walks the whole namespace even while another client deletes
+/// keys under it: a batch that finds fewer keys never ends the walk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_finishes_while_keys_vanish() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = store_with_prefix(prefix).await else {
+        return;
+    };
+    let all = sessions(3000, Duration::from_secs(60));
+    create_all(&store, &all).await;
+    let deleter = {
+        let store = store.clone();
+        let ids: Vec<_> = all.iter().rev().step_by(2).map(Session::id).collect();
+        tokio::spawn(async move {
+            for id in ids {
+                store.delete(&id).await?;
+            }
+            Ok::<_, Error>(())
+        })
+    };
+    store.clear().await.unwrap();
+    deleter.await.unwrap().unwrap();
+    assert_eq!(store.len().await.unwrap(), 0);
+    assert!(!all_present(&store, &all[..1]).await);
 }

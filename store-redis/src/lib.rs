@@ -2,25 +2,45 @@
 //!
 //! A [`SessionInterface`] store on Redis, through a `deadpool-redis` pool.
 //!
-//! Each session is one string key, `<prefix><id>`, holding the core's
-//! encoded record and expiring at the session's `expires_at` (absolute
-//! `PXAT`), so Redis itself drops expired sessions and
-//! [`flush`](SessionInterface::flush) has nothing to do (it returns 0).
+//! Each session is one string key, `<prefix><id>` (the id as exactly 64
+//! lowercase hex digits), holding the core's encoded record and expiring at
+//! the session's `expires_at` (absolute `PXAT`), so Redis itself drops
+//! expired sessions and [`flush`](SessionInterface::flush) has nothing to do
+//! (it returns 0).
+//!
+//! **Clock.** Expiry is judged by Redis's clock (`TIME`) and the expiry in
+//! the record's header, never by the app server's clock, so app servers
+//! whose clocks disagree agree on what has expired. The key's TTL and the
+//! header agree for every record this store writes; a record whose header
+//! has expired while its key lives on (written by someone else) counts as
+//! expired everywhere: `get` returns `None`, `update`/`delete_if` answer
+//! `Gone`, `touch` `false`, `len` does not count it, and Redis drops it at
+//! its TTL.
+//!
+//! **Expiry moves forward only.** `update` stores the later of the stored
+//! and the new expiry (in the header and the `PXAT`); `touch` only ever
+//! moves it later. `set` stores what it is given.
 //!
 //! | operation | Redis | round trips |
 //! | --- | --- | --- |
 //! | `exists`, `has` | `EXISTS` | 1 |
-//! | `get`, `is_valid` | `GET` | 1 |
+//! | `get`, `is_valid` | `GET` and `TIME`, pipelined | 1 |
 //! | `set` | `SET PXAT` | 1 |
 //! | `create` | `SET NX PXAT` | 1 |
-//! | `update` | Lua compare-and-set on the record's version (`EVALSHA`) | 1 |
-//! | `touch` | Lua: patch expiry if the key exists, `SET PXAT` | 1 |
+//! | `update` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `SET PXAT` the later expiry | 1 |
+//! | `delete_if` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `DEL` | 1 |
+//! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT` | 1 |
 //! | `delete` | `DEL` | 1 |
 //! | `flush` | nothing: Redis expires keys itself | 0 |
-//! | `clear`, `len` | `SCAN MATCH <prefix>*` in batches (+ `UNLINK`) | 1 per 1000 keys |
+//! | `clear` | `SCAN MATCH <prefix><64 hex digits>` + `UNLINK` per batch | 2 per 1000 keys |
+//! | `len` | `SCAN MATCH <prefix><64 hex digits>` + Lua count of live headers per batch | 2 per 1000 keys |
 //!
-//! `clear` and `len` only ever touch keys under this store's prefix; never
-//! `KEYS` or `FLUSHDB`.
+//! **Namespace.** `clear` and `len` only ever touch keys that are exactly
+//! this store's prefix (glob-escaped) followed by 64 lowercase hex digits,
+//! in the `SCAN` pattern and checked again on each returned key, so a store
+//! whose prefix starts with this one's (`app:admin:` under `app:`) is left
+//! alone. They walk until `SCAN`'s cursor returns to 0, so keys deleted
+//! meanwhile never end the walk early; never `KEYS` or `FLUSHDB`.
 //!
 //! ```no_run
 //! # async fn demo() -> session_store::Result<()> {
@@ -38,7 +58,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,11 +66,11 @@ use async_trait::async_trait;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncCommands as _, Script};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
-use session_store::backend::{redact_url, timed};
+use session_store::backend::{next_version, redact_url, storable_version, timed};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, BoxError, Error, Result, Session, SessionId, SessionInterface,
-    UpdateOutcome,
+    codec, unix_millis, BoxError, DeleteOutcome, Error, Result, Session, SessionId,
+    SessionInterface, UpdateOutcome,
 };
 
 pub use deadpool_redis;
@@ -60,25 +80,127 @@ const STORE: &str = "redis";
 /// Keys read per `SCAN` step in `clear` and `len`.
 const SCAN_BATCH: usize = 1000;
 
-/// Compare-and-set on the version bytes of the record's header:
-/// 0 = gone, 1 = conflict, 2 = updated.
-const UPDATE_LUA: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if string.sub(cur, 2, 9) ~= ARGV[1] then return 1 end
-redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
-return 2
-";
+/// Hex digits of a session id in a key (see [`SessionId::push_hex`]).
+const ID_HEX_LEN: usize = 64;
 
-/// Moves the expiry of an existing record (header bytes 18..25 and the key's
-/// TTL): 0 = missing, 1 = done, -1 = the record is too short to patch.
-const TOUCH_LUA: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if string.len(cur) < 25 then return -1 end
-redis.call('SET', KEYS[1], string.sub(cur, 1, 17) .. ARGV[1] .. string.sub(cur, 26), 'PXAT', ARGV[2])
+/// Lua helpers every script starts with (Redis 7 runs Lua 5.1: no
+/// `string.unpack`, numbers are doubles, exact for any millisecond time).
+///
+/// * `be64(s, at)`: the big-endian two's-complement i64 at byte `at` (1-based).
+/// * `now_ms()`: Redis's own clock (`TIME`), in Unix milliseconds.
+/// * `header(key)`: the record's 25-byte header; `nil` when the key is
+///   missing, `false` when the value is too short or of an unknown format
+///   (the caller reports it as undecodable rather than guessing).
+macro_rules! lua {
+    ($body:literal) => {
+        concat!(
+            r"
+local function be64(s, at)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(s, at, at + 7)
+  if b1 >= 128 then
+    return -((((((((255 - b1) * 256 + (255 - b2)) * 256 + (255 - b3)) * 256 + (255 - b4)) * 256
+      + (255 - b5)) * 256 + (255 - b6)) * 256 + (255 - b7)) * 256 + (255 - b8)) - 1
+  end
+  return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function header(key)
+  local h = redis.call('GETRANGE', key, 0, 24)
+  if string.len(h) < 25 then
+    if h == '' and redis.call('EXISTS', key) == 0 then return nil end
+    return false
+  end
+  local f = string.byte(h, 1)
+  if f ~= 1 and f ~= 2 then return false end
+  return h
+end
+",
+            $body
+        )
+    };
+}
+
+/// Compare-and-set. KEYS[1] the record; ARGV[1] the expected version (8
+/// bytes, as in the header); ARGV[2] the new record; ARGV[3] its expiry in
+/// Unix ms. Expired (by the header and Redis's clock) is gone whatever its
+/// version. The stored expiry is the later of the old and the new one, in
+/// the header (bytes 18..25) and the key's `PXAT` alike.
+/// 0 = gone, 1 = conflict, 2 = updated, -1 = unreadable header.
+const UPDATE_LUA: &str = lua!(
+    r"
+local h = header(KEYS[1])
+if h == nil then return 0 end
+if h == false then return -1 end
+local stored = be64(h, 18)
+if stored <= now_ms() then return 0 end
+if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
+if stored > tonumber(ARGV[3]) then
+  -- %d formats any real time exactly; the cap only tames a forged header.
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', string.format('%d', math.min(stored, 9007199254740991)))
+  redis.call('SETRANGE', KEYS[1], 17, string.sub(h, 18, 25))
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+end
+return 2
+"
+);
+
+/// Compare-and-delete. KEYS[1] the record; ARGV[1] the expected version.
+/// 0 = gone (missing or expired), 1 = conflict, 2 = deleted, -1 = unreadable header.
+const DELETE_IF_LUA: &str = lua!(
+    r"
+local h = header(KEYS[1])
+if h == nil then return 0 end
+if h == false then return -1 end
+if be64(h, 18) <= now_ms() then return 0 end
+if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
+redis.call('DEL', KEYS[1])
+return 2
+"
+);
+
+/// Moves a live record's expiry forward only. KEYS[1] the record; ARGV[1]
+/// the new expiry as 8 header bytes; ARGV[2] the same in Unix ms. The value
+/// is patched in place (`SETRANGE` keeps the TTL), then the TTL follows.
+/// 0 = missing or expired, 1 = live, -1 = unreadable header.
+const TOUCH_LUA: &str = lua!(
+    r"
+local h = header(KEYS[1])
+if h == nil then return 0 end
+if h == false then return -1 end
+local stored = be64(h, 18)
+if stored <= now_ms() then return 0 end
+if tonumber(ARGV[2]) > stored then
+  redis.call('SETRANGE', KEYS[1], 17, ARGV[1])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+end
 return 1
-";
+"
+);
+
+/// How many of KEYS are not expired by their header (Redis's clock). A key
+/// that vanished since the `SCAN` reads as empty and is not counted; one
+/// whose value cannot be judged (not a record) is counted, as `get` reports
+/// it as an error rather than as absent.
+const COUNT_LIVE_LUA: &str = lua!(
+    r"
+local now = now_ms()
+local n = 0
+for i = 1, #KEYS do
+  local h = redis.pcall('GETRANGE', KEYS[i], 0, 24)
+  if type(h) ~= 'string' then
+    n = n + 1
+  elseif h ~= '' then
+    local f = string.byte(h, 1)
+    if string.len(h) < 25 or (f ~= 1 and f ~= 2) or be64(h, 18) > now then n = n + 1 end
+  end
+end
+return n
+"
+);
 
 /// How to reach Redis and name keys.
 #[derive(Clone, Debug)]
@@ -116,8 +238,27 @@ pub struct RedisStore {
     prefix: String,
     address: String,
     operation_timeout: Duration,
-    update_script: Script,
-    touch_script: Script,
+    scripts: Arc<Scripts>,
+}
+
+/// The store's Lua scripts, each sent by `EVALSHA` (its body only when the
+/// server does not know it yet).
+struct Scripts {
+    update: Script,
+    delete_if: Script,
+    touch: Script,
+    count_live: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            update: Script::new(UPDATE_LUA),
+            delete_if: Script::new(DELETE_IF_LUA),
+            touch: Script::new(TOUCH_LUA),
+            count_live: Script::new(COUNT_LIVE_LUA),
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -144,8 +285,7 @@ impl RedisStore {
             prefix: prefix.into(),
             address: "redis (pool)".into(),
             operation_timeout: Duration::from_secs(2),
-            update_script: Script::new(UPDATE_LUA),
-            touch_script: Script::new(TOUCH_LUA),
+            scripts: Arc::new(Scripts::new()),
         }
     }
 
@@ -177,8 +317,7 @@ impl RedisStore {
             prefix: config.prefix,
             address,
             operation_timeout: config.operation_timeout,
-            update_script: Script::new(UPDATE_LUA),
-            touch_script: Script::new(TOUCH_LUA),
+            scripts: Arc::new(Scripts::new()),
         };
         store
             .run("ping", |mut conn| async move {
@@ -232,13 +371,20 @@ impl RedisStore {
         result
     }
 
-    /// Walks every key under the prefix with `SCAN`, handing each batch to `each`.
+    /// Walks every key of this namespace with `SCAN` until the cursor comes
+    /// back to 0 (keys deleted meanwhile do not end the walk early), handing
+    /// each non-empty batch to `each`. The `MATCH` pattern already asks for
+    /// exactly [`is_own_key`] keys; the check is repeated
+    /// here so nothing else is ever counted or deleted.
     async fn scan_batches<F, Fut>(&self, what: &str, mut each: F) -> Result<()>
     where
         F: FnMut(Vec<String>) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let pattern = format!("{}*", escape_glob(&self.prefix));
+        let mut pattern = escape_glob(&self.prefix);
+        for _ in 0..ID_HEX_LEN {
+            pattern.push_str("[0-9a-f]");
+        }
         let mut cursor: u64 = 0;
         loop {
             let pattern = pattern.clone();
@@ -254,6 +400,10 @@ impl RedisStore {
                         .await
                 })
                 .await?;
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|k| is_own_key(&self.prefix, k))
+                .collect();
             if !keys.is_empty() {
                 each(keys).await?;
             }
@@ -331,6 +481,16 @@ impl Lanes {
     }
 }
 
+/// Whether `key` is a session key of the store with `prefix`: the prefix,
+/// then exactly the 64 lowercase hex digits [`RedisStore::key`] writes. A
+/// store whose prefix merely starts with this one's (`app:admin:` under
+/// `app:`, or even `app:ab`) has longer keys and is left alone.
+fn is_own_key(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|id| {
+        id.len() == ID_HEX_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// Escapes Redis glob metacharacters so a prefix matches only itself.
 fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len());
@@ -343,6 +503,17 @@ fn escape_glob(prefix: &str) -> String {
     out
 }
 
+/// The `PXAT` for a record expiring at `expires_at_ms`: Redis refuses a
+/// non-positive one, and 1 (long past) makes it drop the key just the same.
+fn pxat(expires_at_ms: i64) -> i64 {
+    expires_at_ms.max(1)
+}
+
+/// What a script's -1 means: the stored value has no readable header.
+fn unreadable(key: String) -> Error {
+    Error::decode(key, "stored value has no readable record header")
+}
+
 #[async_trait]
 impl SessionInterface for RedisStore {
     async fn exists(&self, id: &SessionId) -> Result<bool> {
@@ -353,27 +524,39 @@ impl SessionInterface for RedisStore {
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
         let key = self.key(id);
-        let bytes: Option<Vec<u8>> = self
+        // `GET` and `TIME` pipelined: one round trip, and the record is
+        // judged by Redis's clock like every other operation, not the app's.
+        let (bytes, (secs, micros)): (Option<Vec<u8>>, (i64, i64)) = self
             .run("get", |mut conn| {
                 let key = key.clone();
-                async move { conn.get(key).await }
+                async move {
+                    redis::pipe()
+                        .cmd("GET")
+                        .arg(key)
+                        .cmd("TIME")
+                        .query_async(&mut conn)
+                        .await
+                }
             })
             .await?;
         let Some(bytes) = bytes else {
             return Ok(None);
         };
-        let session = codec::decode(*id, &bytes, &key)?;
-        // Redis drops the key at its PXAT; this guards the millisecond between.
-        Ok((!session.is_expired()).then_some(session))
+        let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        if codec::header(&bytes, &key)?.expires_at_ms <= now_ms {
+            return Ok(None);
+        }
+        codec::decode(*id, &bytes, &key).map(Some)
     }
 
     async fn set(&self, session: &Session) -> Result<()> {
-        let key = self.key(&session.id());
-        if session.is_expired() {
-            return self.delete(&session.id()).await;
-        }
+        let id = session.id();
+        storable_version(id, session.version())?;
+        let key = self.key(&id);
         let bytes = codec::encode(session, session.version())?;
-        let expires_at = session.expires_at_millis();
+        // An expiry already past by Redis's clock stores nothing: Redis
+        // drops a key whose PXAT has passed.
+        let expires_at = pxat(session.expires_at_millis());
         self.run("set", |mut conn| async move {
             redis::cmd("SET")
                 .arg(key)
@@ -396,9 +579,11 @@ impl SessionInterface for RedisStore {
     }
 
     async fn create(&self, session: &Session) -> Result<()> {
-        let key = self.key(&session.id());
+        let id = session.id();
+        storable_version(id, session.version())?;
+        let key = self.key(&id);
         let bytes = codec::encode(session, session.version())?;
-        let expires_at = session.expires_at_millis();
+        let expires_at = pxat(session.expires_at_millis());
         let stored: Option<String> = self
             .run("create", |mut conn| async move {
                 redis::cmd("SET")
@@ -413,44 +598,66 @@ impl SessionInterface for RedisStore {
             .await?;
         match stored {
             Some(_) => Ok(()),
-            None => Err(Error::IdCollision { id: session.id() }),
+            None => Err(Error::IdCollision { id }),
         }
     }
 
     async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
-        let key = self.key(&session.id());
-        let version = expected_version + 1;
+        let id = session.id();
+        let version = next_version(id, expected_version)?;
+        let key = self.key(&id);
         let bytes = codec::encode(session, version)?;
         let expires_at = session.expires_at_millis();
-        let script = &self.update_script;
+        let script = &self.scripts.update;
         let outcome: i64 = self
-            .run("update", |mut conn| async move {
-                script
-                    .key(key)
-                    .arg(&expected_version.to_be_bytes()[..])
-                    .arg(bytes)
-                    .arg(expires_at)
-                    .invoke_async(&mut conn)
-                    .await
+            .run("update", |mut conn| {
+                let key = key.clone();
+                async move {
+                    script
+                        .key(key)
+                        .arg(&expected_version.to_be_bytes()[..])
+                        .arg(bytes)
+                        .arg(expires_at)
+                        .invoke_async(&mut conn)
+                        .await
+                }
             })
             .await?;
-        Ok(match outcome {
-            2 => UpdateOutcome::Updated { version },
-            1 => UpdateOutcome::Conflict,
-            _ => UpdateOutcome::Gone,
-        })
+        match outcome {
+            2 => Ok(UpdateOutcome::Updated { version }),
+            1 => Ok(UpdateOutcome::Conflict),
+            0 => Ok(UpdateOutcome::Gone),
+            _ => Err(unreadable(key)),
+        }
+    }
+
+    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
+        let key = self.key(id);
+        let script = &self.scripts.delete_if;
+        let outcome: i64 = self
+            .run("delete_if", |mut conn| {
+                let key = key.clone();
+                async move {
+                    script
+                        .key(key)
+                        .arg(&expected_version.to_be_bytes()[..])
+                        .invoke_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        match outcome {
+            2 => Ok(DeleteOutcome::Deleted),
+            1 => Ok(DeleteOutcome::Conflict),
+            0 => Ok(DeleteOutcome::Gone),
+            _ => Err(unreadable(key)),
+        }
     }
 
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
         let key = self.key(id);
         let expires_at_ms = unix_millis(expires_at);
-        if expires_at_ms <= now_millis() {
-            // Touching to a past expiry ends a live session.
-            let live = self.exists(id).await?;
-            self.delete(id).await?;
-            return Ok(live);
-        }
-        let script = &self.touch_script;
+        let script = &self.scripts.touch;
         let outcome: i64 = self
             .run("touch", |mut conn| {
                 let key = key.clone();
@@ -467,12 +674,19 @@ impl SessionInterface for RedisStore {
         match outcome {
             1 => Ok(true),
             0 => Ok(false),
-            _ => Err(Error::decode(key, "record shorter than its header")),
+            _ => Err(unreadable(key)),
         }
     }
 
+    /// Returns 0 without a round trip: every record this store writes has
+    /// its key expire (`PXAT`) exactly when its header says, so Redis drops
+    /// it itself. A record whose header has expired while its key still has
+    /// a TTL can only come from another writer; every operation treats it
+    /// as expired already (never returned, counted, updated, touched or
+    /// deleted by `delete_if`), and Redis drops it at its TTL. Scanning the
+    /// namespace on every `flush` to find such records early is not worth
+    /// its cost.
     async fn flush(&self) -> Result<u64> {
-        // Every key carries its PXAT: Redis has already dropped expired sessions.
         Ok(0)
     }
 
@@ -490,13 +704,26 @@ impl SessionInterface for RedisStore {
     }
 
     async fn len(&self) -> Result<u64> {
-        let mut count = 0u64;
+        let count = AtomicU64::new(0);
+        let script = &self.scripts.count_live;
         self.scan_batches("len", |keys| {
-            count += keys.len() as u64;
-            async { Ok(()) }
+            let count = &count;
+            async move {
+                let live: u64 = self
+                    .run("len", move |mut conn| async move {
+                        let mut invocation = script.prepare_invoke();
+                        for key in keys {
+                            invocation.key(key);
+                        }
+                        invocation.invoke_async(&mut conn).await
+                    })
+                    .await?;
+                count.fetch_add(live, Ordering::Relaxed);
+                Ok(())
+            }
         })
         .await?;
-        Ok(count)
+        Ok(count.into_inner())
     }
 }
 
@@ -533,5 +760,22 @@ mod tests {
     #[test]
     fn glob_characters_in_prefixes_are_escaped() {
         assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn own_keys_are_the_prefix_and_exactly_one_id() {
+        let id = "0123456789abcdef".repeat(4);
+        assert!(is_own_key("app:", &format!("app:{id}")));
+        for foreign in [
+            format!("app:admin:{id}"),
+            format!("app:ab{id}"),
+            format!("app:{}", &id[1..]),
+            format!("app:{}", id.to_uppercase()),
+            format!("ap:{id}"),
+            format!("x:app:{id}"),
+            "app:".to_owned(),
+        ] {
+            assert!(!is_own_key("app:", &foreign), "{foreign}");
+        }
     }
 }
