@@ -325,6 +325,22 @@ impl SqliteStore {
         }
     }
 
+    /// Whether a live record is stored under `id`: what tells `Conflict`
+    /// from `Gone` after a compare-and-set missed, asked on the connection
+    /// (and under the lock) of the write that missed.
+    async fn is_live(
+        &self,
+        conn: &mut SqliteConnection,
+        id: &[u8],
+        now: i64,
+    ) -> std::result::Result<bool, sqlx::Error> {
+        sqlx::query_scalar(&self.sql.state)
+            .bind(id)
+            .bind(now)
+            .fetch_one(conn)
+            .await
+    }
+
     async fn run<T, Fut>(&self, what: &str, work: Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
@@ -505,12 +521,7 @@ impl SessionInterface for SqliteStore {
                 }
             }
             // Only a failed save pays this: live means Conflict.
-            let live: bool = sqlx::query_scalar(&self.sql.state)
-                .bind(id)
-                .bind(now)
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok(if live {
+            Ok(if self.is_live(&mut conn, id, now).await? {
                 UpdateOutcome::Conflict
             } else {
                 UpdateOutcome::Gone
@@ -538,12 +549,7 @@ impl SessionInterface for SqliteStore {
             if done.rows_affected() == 1 {
                 return Ok(DeleteOutcome::Deleted);
             }
-            let live: bool = sqlx::query_scalar(&self.sql.state)
-                .bind(id)
-                .bind(now)
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok(if live {
+            Ok(if self.is_live(&mut conn, id, now).await? {
                 DeleteOutcome::Conflict
             } else {
                 DeleteOutcome::Gone
