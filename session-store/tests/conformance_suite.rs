@@ -118,7 +118,7 @@ gallery! {
     fails_update_wraps_at_max: Bug::UpdateWraps => ["update_at_max_version_refused"];
     fails_versions_as_doubles: Bug::VersionsAsDoubles => ["versions_beyond_float_precision"];
     fails_non_atomic_update: Bug::NonAtomicUpdate => [
-        "concurrent_updates_one_wins_per_version", "delete_if_racing_update_one_wins",
+        "concurrent_updates_one_wins_per_version", "manager_concurrent_increments_exact",
     ];
     fails_non_atomic_delete_if: Bug::NonAtomicDeleteIf => [
         "concurrent_delete_ifs_one_wins", "delete_if_racing_update_one_wins",

@@ -113,10 +113,14 @@ pub fn broken(bug: Bug) -> Arc<dyn StoreFactory> {
     }))
 }
 
+/// The batch of `FlushOneBatch`, like the SQL stores'.
 const BATCH: usize = 1000;
+/// The batch of the stores that stop on a short batch: small, so that the
+/// concurrent deletes of the cases land in some batch's window.
+const SMALL_BATCH: usize = 100;
 
 async fn pause() {
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 impl Broken {
@@ -454,11 +458,11 @@ impl SessionInterface for Broken {
             Bug::FlushStopsOnShortBatch => {
                 let mut total = 0;
                 loop {
-                    let batch = self.expired_ids(BATCH).await?;
+                    let batch = self.expired_ids(SMALL_BATCH).await?;
                     pause().await;
                     let deleted = self.delete_counting(&batch).await?;
                     total += deleted;
-                    if deleted < BATCH as u64 {
+                    if deleted < SMALL_BATCH as u64 {
                         return Ok(total);
                     }
                 }
@@ -482,7 +486,7 @@ impl SessionInterface for Broken {
             Bug::ClearStopsOnShortBatch => loop {
                 let mut batch = Vec::new();
                 for id in self.known() {
-                    if batch.len() == BATCH {
+                    if batch.len() == SMALL_BATCH {
                         break;
                     }
                     if self.inner.exists(&id).await? {
@@ -490,7 +494,7 @@ impl SessionInterface for Broken {
                     }
                 }
                 pause().await;
-                if self.delete_counting(&batch).await? < BATCH as u64 {
+                if self.delete_counting(&batch).await? < SMALL_BATCH as u64 {
                     return Ok(());
                 }
             },

@@ -648,11 +648,13 @@ pub async fn concurrent_delete_ifs_one_wins(ctx: Ctx) -> CaseResult {
 /// `delete_if` and `update` of the same version race: exactly one of them
 /// succeeds, and the store shows the winner's result.
 pub async fn delete_if_racing_update_one_wins(ctx: Ctx) -> CaseResult {
-    for round in 0..4u32 {
+    for round in 0..8u32 {
         let s = live();
         ctx.store.create(&s).await?;
         let mut tasks = Vec::new();
-        for i in 0..16u32 {
+        // Odd rounds start the deletes first, even rounds the updates.
+        for n in 0..16u32 {
+            let i = if round % 2 == 1 { n ^ 1 } else { n };
             let store = ctx.store.clone();
             let mut mine = s.clone();
             tasks.push(tokio::spawn(async move {
@@ -773,7 +775,7 @@ pub async fn clear_with_concurrent_deletes_removes_all(ctx: Ctx) -> CaseResult {
             // Paced, so that the deletes overlap the whole clear or flush.
             for (n, id) in ids.iter().enumerate() {
                 store.delete(id).await?;
-                if n % 50 == 49 {
+                if n % 10 == 9 {
                     sleep_ms(1).await;
                 }
             }
@@ -803,7 +805,7 @@ pub async fn flush_with_concurrent_deletes_removes_all_expired(ctx: Ctx) -> Case
             // Paced, so that the deletes overlap the whole clear or flush.
             for (n, id) in ids.iter().enumerate() {
                 store.delete(id).await?;
-                if n % 50 == 49 {
+                if n % 10 == 9 {
                     sleep_ms(1).await;
                 }
             }
