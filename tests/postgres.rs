@@ -10,8 +10,8 @@ use std::time::Duration;
 use server_session::conformance::StoreFactory;
 use server_session::postgres::sqlx;
 use server_session::{
-    async_trait, conformance_tests, DeleteOutcome, Error, PostgresConfig, PostgresStore, Session,
-    SessionInterface, SessionToken,
+    async_trait, codec, conformance_tests, DeleteOutcome, Error, PostgresConfig, PostgresStore,
+    Session, SessionInterface, SessionToken,
 };
 
 const SCHEMA: &str = "session_tests";
@@ -131,21 +131,29 @@ async fn a_corrupt_row_is_a_decode_error_not_a_panic() {
         return;
     };
     let id = SessionToken::generate().id();
-    for garbage in [&b"garbage"[..], &[][..], &[1u8; 30][..]] {
+    let valid = codec::encode(&Session::new(id, Duration::from_secs(60)), 1).unwrap();
+    let rows = [
+        (&b"garbage"[..], 1i64),
+        (&[][..], 1),
+        (&[1u8; 30][..], 1),
+        (&valid[..], -5),
+    ];
+    for (garbage, version) in rows {
         sqlx::query(&format!(
-            "INSERT INTO {} (id, record, expires_at, version) VALUES ($1, $2, $3, 1)
-             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            "INSERT INTO {} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record, version = excluded.version",
             store.table()
         ))
         .bind(&id.as_bytes()[..])
         .bind(garbage)
         .bind(server_session::now_millis() + 60_000)
+        .bind(version)
         .execute(store.pool())
         .await
         .unwrap();
         assert!(
             matches!(store.get(&id).await, Err(Error::Decode { .. })),
-            "{garbage:?}"
+            "{garbage:?} at version {version}"
         );
     }
     store.drop_table().await.unwrap();

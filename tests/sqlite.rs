@@ -10,8 +10,8 @@ use std::time::Duration;
 use server_session::conformance::factory;
 use server_session::sqlite::sqlx;
 use server_session::{
-    conformance_tests, Error, Session, SessionInterface, SessionToken, SqliteConfig, SqliteStore,
-    UpdateOutcome,
+    codec, conformance_tests, Error, Session, SessionInterface, SessionToken, SqliteConfig,
+    SqliteStore, UpdateOutcome,
 };
 
 async fn memory_store() -> SqliteStore {
@@ -109,17 +109,25 @@ async fn a_corrupt_row_is_a_decode_error_not_a_panic() {
     store.migrate().await.unwrap();
     let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
     let id = SessionToken::generate().id();
-    for garbage in [&b"garbage"[..], &[][..], &[1u8; 30][..]] {
-        sqlx::query("INSERT OR REPLACE INTO sessions (id, record, expires_at, version) VALUES (?1, ?2, ?3, 1)")
+    let valid = codec::encode(&Session::new(id, Duration::from_secs(60)), 1).unwrap();
+    let rows = [
+        (&b"garbage"[..], 1),
+        (&[][..], 1),
+        (&[1u8; 30][..], 1),
+        (&valid[..], -5),
+    ];
+    for (garbage, version) in rows {
+        sqlx::query("INSERT OR REPLACE INTO sessions (id, record, expires_at, version) VALUES (?1, ?2, ?3, ?4)")
             .bind(&id.as_bytes()[..])
             .bind(garbage)
             .bind(server_session::now_millis() + 60_000)
+            .bind(version)
             .execute(&raw)
             .await
             .unwrap();
         assert!(
             matches!(store.get(&id).await, Err(Error::Decode { .. })),
-            "{garbage:?} did not give a decode error"
+            "{garbage:?} at version {version} did not give a decode error"
         );
     }
     std::fs::remove_dir_all(dir).ok();

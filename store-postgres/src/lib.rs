@@ -7,8 +7,8 @@
 //! the 32-byte id, primary key), `record` (`bytea`, the core's encoded
 //! record), `expires_at` (`bigint` Unix ms, indexed), `version` (`bigint`).
 //! [`PostgresStore::migrate`] creates or upgrades it. Every operation is one
-//! statement; a failed compare-and-set pays one more to tell `Conflict` from
-//! `Gone`.
+//! statement (`flush` and `clear`: one a batch); a failed `update` pays one
+//! more to tell `Conflict` from `Gone`.
 //!
 //! **Clock.** Expiry is judged by the PostgreSQL server's clock
 //! (`clock_timestamp()`, in Unix milliseconds) in every statement that asks
@@ -374,15 +374,14 @@ impl SessionInterface for PostgresStore {
         })();
         let (record, expires_at, version) =
             columns.map_err(|e| Error::decode(self.context("get"), e))?;
-        let mut session = codec::decode(
-            *id,
-            &record,
-            &format!("row {id} of table {}", self.qualified),
-        )?;
+        let origin = format!("row {id} of table {}", self.qualified);
+        let mut session = codec::decode(*id, &record, &origin)?;
         // The columns are authoritative: touch and update move only
         // `expires_at`, never the expiry in the record's header.
         session.set_expires_at_millis(expires_at);
-        session.set_version(version as u64);
+        let version = u64::try_from(version)
+            .map_err(|_| Error::decode(origin, format!("negative version {version}")))?;
+        session.set_version(version);
         Ok(Some(session))
     }
 

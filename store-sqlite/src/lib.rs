@@ -449,12 +449,14 @@ impl SessionInterface for SqliteStore {
         let version: i64 = row
             .try_get(2)
             .map_err(|e| Error::decode(self.context("get"), e))?;
-        let mut session =
-            codec::decode(*id, &record, &format!("row {id} of table {}", self.table))?;
+        let origin = format!("row {id} of table {}", self.table);
+        let mut session = codec::decode(*id, &record, &origin)?;
         // The columns are authoritative: touch and update move only
         // `expires_at`, never the expiry in the record's header.
         session.set_expires_at_millis(expires_at);
-        session.set_version(version as u64);
+        let version = u64::try_from(version)
+            .map_err(|_| Error::decode(origin, format!("negative version {version}")))?;
+        session.set_version(version);
         Ok(Some(session))
     }
 
