@@ -229,13 +229,15 @@ impl Ctx {
         let mut session = new_session(self.large);
         session.set_id(token.id());
         self.store.create(&session).await?;
+        // `__Host-id` with the default (Secure) configuration.
+        let name = self.manager.config().effective_cookie_name();
         let mut jar = CookieJar::new();
         jar.signed_mut(&self.key)
-            .add(Cookie::new("id", token.as_str().to_owned()));
-        let signed = jar.get("id").ok_or("signing failed")?;
+            .add(Cookie::new(name.clone(), token.as_str().to_owned()));
+        let signed = jar.get(&name).ok_or("signing failed")?;
         Ok(Live {
             id: session.id(),
-            cookie: format!("id={}", signed.value()),
+            cookie: format!("{name}={}", signed.value()),
         })
     }
 
