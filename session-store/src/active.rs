@@ -178,12 +178,13 @@ impl ActiveSession {
         self.session.keys().map(str::to_owned).collect()
     }
 
-    /// Stores `value` under `key`. Writing the value already there changes nothing.
+    /// Stores `value` under `key`.
+    ///
+    /// Even a value equal to the one this request loaded is saved: another
+    /// request may have changed it since, and of two racing inserts the one
+    /// that commits last wins, whatever the earlier copy held.
     pub fn insert<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         let bytes = encode_value(key, value)?;
-        if self.session.data().get(key) == Some(&bytes) {
-            return Ok(());
-        }
         self.record(Change::Set(key.to_owned(), bytes))
     }
 
