@@ -1,16 +1,24 @@
 //! Faults, with nothing lost: connections cut and stalled through a proxy,
-//! Redis killed mid-load, a full disk under the file store. Each scenario
-//! runs 32 tasks doing load-modify-save and prints one summary line.
+//! replies delayed past the operation timeout (ambiguous timeouts, through
+//! the `SessionManager`), Redis killed mid-load, a full disk under the file
+//! store. Each scenario runs 32 tasks doing load-modify-save and prints one
+//! summary line.
 
 mod common;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{Mode, Proxy};
-use server_session::{Error, Session, SessionId, SessionInterface, SessionToken, UpdateOutcome};
+use common::proxy::{Mode, Proxy, Switch};
+use server_session::cookie::{Cookie, CookieJar};
+use server_session::time::OffsetDateTime;
+use server_session::{
+    async_trait, DeleteOutcome, Error, Session, SessionConfig, SessionId, SessionInterface,
+    SessionManager, SessionToken, UpdateOutcome,
+};
 
 const TASKS: usize = 32;
 
@@ -228,6 +236,388 @@ async fn stall(name: &str, store: Arc<dyn SessionInterface>, proxy: &Proxy, time
     assert_eq!(lost, 0, "{name}: acknowledged writes were lost");
 }
 
+/// What the store did for the request running on this task: whether one
+/// of its updates failed with an error that may hide an applied write,
+/// whether its latest one did, and whether it opened the fault window.
+#[derive(Default)]
+struct RequestLog {
+    update_failed: Cell<bool>,
+    last_update_failed: Cell<bool>,
+    triggered: Cell<bool>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestLog;
+}
+
+/// The real store, unchanged, noting each `update`'s outcome in the
+/// [`REQUEST`] log of the task that called it, so a test can tell a commit
+/// that succeeded after a timed-out update from one that never saw a fault.
+///
+/// Once armed, it opens the fault window on an update that is sure to
+/// land: it holds back other updates, lets in-flight ones finish, checks
+/// that the record is still at the update's expected version, and arms the
+/// proxy to delay replies from the moment that update's bytes go out. The
+/// server applies it; its reply is held past the timeout. Without this the
+/// window would only catch whatever happened to be in flight, usually
+/// updates doomed to conflict, or (PostgreSQL) a pool's health check.
+#[derive(Debug)]
+struct Observed {
+    inner: Arc<dyn SessionInterface>,
+    trigger: std::sync::Mutex<Option<Trigger>>,
+    /// Updates hold it shared; the trigger holds it alone until its own
+    /// update has gone out.
+    updates: tokio::sync::RwLock<()>,
+    /// Counts the re-reads (`get`s) of the request that opened the window.
+    trigger_reads: tokio::sync::watch::Sender<u32>,
+}
+
+struct Trigger {
+    switch: Switch,
+    mode: Mode,
+    fired: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trigger").field("mode", &self.mode).finish()
+    }
+}
+
+impl Observed {
+    fn new(inner: Arc<dyn SessionInterface>) -> Self {
+        Observed {
+            inner,
+            trigger: Default::default(),
+            updates: Default::default(),
+            trigger_reads: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Switches `switch` to `mode` as the next update that will land goes
+    /// out; the receiver hears of it.
+    fn arm(&self, switch: Switch, mode: Mode) -> tokio::sync::oneshot::Receiver<()> {
+        let (fired, heard) = tokio::sync::oneshot::channel();
+        if let Ok(mut trigger) = self.trigger.lock() {
+            *trigger = Some(Trigger {
+                switch,
+                mode,
+                fired,
+            });
+        }
+        heard
+    }
+
+    fn armed(&self) -> bool {
+        self.trigger.lock().is_ok_and(|t| t.is_some())
+    }
+
+    /// The armed update: alone, at the stored version, its bytes arming
+    /// the proxy. `None` (and still armed) when the record moved on first.
+    async fn triggered_update(
+        &self,
+        session: &Session,
+        expected: u64,
+    ) -> Option<Result<UpdateOutcome, Error>> {
+        let alone = self.updates.write().await;
+        if !self.armed() {
+            // Another update fired it while this one waited.
+            return None;
+        }
+        let current = self.inner.get(&session.id()).await.ok().flatten()?;
+        if current.version() != expected {
+            return None;
+        }
+        let trigger = self.trigger.lock().ok().and_then(|mut t| t.take())?;
+        let marker = server_session::codec::encode(session, expected + 1).ok()?;
+        let mut sent = trigger.switch.arm(marker, trigger.mode);
+        let update = self.inner.update(session, expected);
+        tokio::pin!(update);
+        let result = tokio::select! {
+            result = &mut update => result,
+            _ = &mut sent => {
+                drop(alone);
+                let _ = REQUEST.try_with(|log| log.triggered.set(true));
+                let _ = trigger.fired.send(());
+                return Some(update.await);
+            }
+        };
+        // Answered before its bytes went out (a pool timeout): try again
+        // with a later update.
+        trigger.switch.disarm();
+        if let Ok(mut slot) = self.trigger.lock() {
+            *slot = Some(trigger);
+        }
+        Some(result)
+    }
+}
+
+#[async_trait]
+impl SessionInterface for Observed {
+    async fn exists(&self, id: &SessionId) -> Result<bool, Error> {
+        self.inner.exists(id).await
+    }
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>, Error> {
+        if REQUEST.try_with(|log| log.triggered.get()).unwrap_or(false) {
+            self.trigger_reads.send_modify(|n| *n += 1);
+        }
+        self.inner.get(id).await
+    }
+    async fn set(&self, session: &Session) -> Result<(), Error> {
+        self.inner.set(session).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+        self.inner.delete(id).await
+    }
+    async fn create(&self, session: &Session) -> Result<(), Error> {
+        self.inner.create(session).await
+    }
+    async fn update(&self, session: &Session, expected: u64) -> Result<UpdateOutcome, Error> {
+        let triggered = match self.armed() {
+            true => self.triggered_update(session, expected).await,
+            false => None,
+        };
+        let result = match triggered {
+            Some(result) => result,
+            None => {
+                let _shared = self.updates.read().await;
+                self.inner.update(session, expected).await
+            }
+        };
+        let failed = matches!(&result, Err(e) if e.may_have_applied());
+        let _ = REQUEST.try_with(|log| {
+            log.update_failed.set(log.update_failed.get() || failed);
+            log.last_update_failed.set(failed);
+        });
+        result
+    }
+    async fn delete_if(&self, id: &SessionId, expected: u64) -> Result<DeleteOutcome, Error> {
+        self.inner.delete_if(id, expected).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool, Error> {
+        self.inner.touch(id, expires_at).await
+    }
+    async fn flush(&self) -> Result<u64, Error> {
+        self.inner.flush().await
+    }
+    async fn clear(&self) -> Result<(), Error> {
+        self.inner.clear().await
+    }
+    async fn len(&self) -> Result<u64, Error> {
+        self.inner.len().await
+    }
+}
+
+#[derive(Default)]
+struct Doubts {
+    /// Requests started (each one increment).
+    tried: AtomicU64,
+    /// Calls (`start` or `commit`) that returned an error.
+    errors: AtomicU64,
+    /// Errors other than `Backend`, `OutcomeUnknown` or `Contention`.
+    untyped: AtomicU64,
+    /// Requests whose increment some `commit` call acknowledged.
+    acked: AtomicU64,
+    /// First commit calls that returned `Ok` although an update of theirs
+    /// timed out.
+    resolved: AtomicU64,
+    /// Of those, the ones whose last update was the timed-out one: the
+    /// write had landed and re-reading found it (success is not reported
+    /// as failure).
+    landed: AtomicU64,
+    /// Whether the request whose update switched the fault on (its write
+    /// surely landed, its reply surely lost) was acknowledged by its first
+    /// commit call.
+    trigger_landed: AtomicBool,
+    /// Requests acknowledged by a retried `commit` call.
+    retried_ok: AtomicU64,
+    /// Requests given up after the retries, and of those the ones whose
+    /// last error was `OutcomeUnknown` (the increment may have landed).
+    gave_up: AtomicU64,
+    gave_up_unknown: AtomicU64,
+    /// Commits that returned `Ok` with the session gone: an increment
+    /// silently dropped.
+    gone: AtomicU64,
+}
+
+/// How often a request calls `commit` again after an error, and how long
+/// it waits between calls: together they outlast the delay window.
+const COMMIT_CALLS: u32 = 12;
+const COMMIT_PAUSE: Duration = Duration::from_millis(200);
+
+/// One request: load the shared session, add 1 to `n`, commit; on an error
+/// commit the same `ActiveSession` again, the documented way to resolve.
+async fn increment(manager: &SessionManager, cookie: &Cookie<'static>, doubts: &Doubts) {
+    let mut jar = CookieJar::new();
+    jar.add_original(cookie.clone());
+    doubts.tried.fetch_add(1, Relaxed);
+    let note = |e: &Error| {
+        doubts.errors.fetch_add(1, Relaxed);
+        if !matches!(
+            e,
+            Error::Backend { .. } | Error::OutcomeUnknown { .. } | Error::Contention { .. }
+        ) {
+            eprintln!("untyped ambiguous-timeout error: {e}");
+            doubts.untyped.fetch_add(1, Relaxed);
+        }
+    };
+    let mut active = match manager.start(&jar).await {
+        Ok(active) => active,
+        Err(e) => return note(&e),
+    };
+    assert!(!active.is_new(), "the shared session vanished");
+    if let Err(e) = active.modify("n", |n: Option<u64>| n.unwrap_or(0) + 1) {
+        return note(&e);
+    }
+    for call in 0..COMMIT_CALLS {
+        match active.commit().await {
+            Ok(_) if active.is_gone() => {
+                doubts.gone.fetch_add(1, Relaxed);
+                return;
+            }
+            Ok(_) => {
+                doubts.acked.fetch_add(1, Relaxed);
+                if call > 0 {
+                    doubts.retried_ok.fetch_add(1, Relaxed);
+                } else if REQUEST.with(|log| log.update_failed.get()) {
+                    doubts.resolved.fetch_add(1, Relaxed);
+                    if REQUEST.with(|log| log.last_update_failed.get()) {
+                        doubts.landed.fetch_add(1, Relaxed);
+                        if REQUEST.with(|log| log.triggered.get()) {
+                            doubts.trigger_landed.store(true, Relaxed);
+                        }
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                note(&e);
+                if call + 1 == COMMIT_CALLS {
+                    doubts.gave_up.fetch_add(1, Relaxed);
+                    if matches!(e, Error::OutcomeUnknown { .. }) {
+                        doubts.gave_up_unknown.fetch_add(1, Relaxed);
+                    }
+                    return;
+                }
+                tokio::time::sleep(COMMIT_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Replies delayed past the operation timeout for a window in the middle
+/// of a run of 32 requests incrementing one shared session through a
+/// `SessionManager`: the server applies writes whose clients time out.
+/// Every increment is acknowledged or given up, none is applied twice, none
+/// acknowledged is lost, and the commit whose update opened the window
+/// learns that its write landed.
+async fn ambiguous_timeouts(
+    name: &str,
+    store: Arc<dyn SessionInterface>,
+    proxy: &Proxy,
+    timeout: Duration,
+) {
+    let observed = Arc::new(Observed::new(store));
+    let manager = SessionManager::new(
+        observed.clone(),
+        SessionConfig {
+            secure: false,
+            ..SessionConfig::default()
+        },
+    )
+    .expect("a valid config");
+    let mut seed = manager.start(&CookieJar::new()).await.expect("start");
+    seed.insert("n", &0u64).expect("encode");
+    let cookie = seed
+        .commit()
+        .await
+        .expect("seed the shared session")
+        .expect("a new session with data sends a cookie");
+
+    let manager = Arc::new(manager);
+    let doubts = Arc::new(Doubts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (manager, cookie, doubts, stop) = (
+                manager.clone(),
+                cookie.clone(),
+                doubts.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    REQUEST
+                        .scope(RequestLog::default(), increment(&manager, &cookie, &doubts))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let fired = observed.arm(
+        proxy.switch(),
+        Mode::DelayReplies(timeout + Duration::from_millis(500)),
+    );
+    tokio::time::timeout(Duration::from_secs(5), fired)
+        .await
+        .expect("an update within 5 s")
+        .expect("the trigger fired");
+    // Keep replies held for a second, then end the window 100 ms into a
+    // re-read of the triggering commit: that re-read is answered (well
+    // within its timeout) with the record as it was while the window was
+    // open, when no other write could land.
+    let mut reads = observed.trigger_reads.subscribe();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    reads.borrow_and_update();
+    let _ = tokio::time::timeout(Duration::from_secs(3), reads.changed()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.set(Mode::Pass);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Relaxed);
+    for t in tasks {
+        t.await.expect("no task panicked");
+    }
+
+    let mut jar = CookieJar::new();
+    jar.add_original(cookie.clone());
+    let stored: u64 = manager
+        .start(&jar)
+        .await
+        .expect("read back")
+        .get("n")
+        .expect("decode n")
+        .unwrap_or(0);
+    let get = |counter: &AtomicU64| counter.load(Relaxed);
+    let acked = get(&doubts.acked);
+    let lost = acked.saturating_sub(stored);
+    let unacked = stored.saturating_sub(acked);
+    println!(
+        "{name} ambiguous timeouts: ops tried {}, errors {}, acknowledged writes {acked}, \
+         in doubt resolved {} (landed {}, by a retried commit {}), given up {} \
+         (outcome unknown {}), writes lost {lost}, applied but unacknowledged {unacked}",
+        get(&doubts.tried),
+        get(&doubts.errors),
+        get(&doubts.resolved),
+        get(&doubts.landed),
+        get(&doubts.retried_ok),
+        get(&doubts.gave_up),
+        get(&doubts.gave_up_unknown),
+    );
+    assert_eq!(get(&doubts.untyped), 0, "{name}: untyped errors");
+    assert_eq!(get(&doubts.gone), 0, "{name}: commits dropped increments");
+    assert_eq!(
+        stored, acked,
+        "{name}: the counter is not the number of acknowledged increments"
+    );
+    assert!(
+        doubts.trigger_landed.load(Relaxed),
+        "{name}: the commit whose update landed with its reply lost was not acknowledged \
+         by its first call"
+    );
+}
+
 fn upstream(url: &str, default_port: u16) -> SocketAddr {
     let rest = url.split("://").nth(1).unwrap_or(url);
     let hostport = rest
@@ -297,6 +687,16 @@ mod redis_faults {
         stall("redis", store.clone(), &proxy, TIMEOUT).await;
         store.clear().await.ok();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_ambiguous_timeouts_resolve_without_double_writes() {
+        let proxy = Proxy::start(upstream(&common::redis_url(), 6379)).await;
+        let Some(store) = through(&proxy).await else {
+            return;
+        };
+        ambiguous_timeouts("redis", store.clone(), &proxy, TIMEOUT).await;
+        store.clear().await.ok();
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -353,6 +753,16 @@ mod postgres_faults {
             return;
         };
         stall("postgres", store.clone(), &proxy, TIMEOUT).await;
+        store.drop_table().await.ok();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_ambiguous_timeouts_resolve_without_double_writes() {
+        let proxy = Proxy::start(upstream(&common::database_url(), 5432)).await;
+        let Some(store) = through(&proxy).await else {
+            return;
+        };
+        ambiguous_timeouts("postgres", store.clone(), &proxy, TIMEOUT).await;
         store.drop_table().await.ok();
     }
 }
