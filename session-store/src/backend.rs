@@ -54,6 +54,55 @@ where
     }
 }
 
+/// Marks a client error that happened before the request left (no
+/// connection could be had): [`timed_unsent_aware`] turns it into
+/// [`Error::Unavailable`], which the manager knows wrote nothing.
+#[derive(Debug)]
+pub struct Unsent(pub BoxError);
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Unsent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Like [`timed`], but an error for which `unsent` says the request never
+/// left (a pool that gave no connection, a refused connect) becomes
+/// [`Error::Unavailable`] instead of [`Error::Backend`]. A timeout stays
+/// `Backend`: the request may have been on its way.
+pub async fn timed_unsent_aware<T, E, Fut>(
+    store: &'static str,
+    limit: Duration,
+    context: impl FnOnce() -> String,
+    unsent: impl FnOnce(&E) -> bool,
+    operation: Fut,
+) -> Result<T>
+where
+    E: Into<BoxError>,
+    Fut: Future<Output = std::result::Result<T, E>>,
+{
+    match tokio::time::timeout(limit, operation).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if unsent(&e) => Err(Error::Unavailable {
+            store,
+            context: context(),
+            source: e.into(),
+        }),
+        Ok(Err(e)) => Err(Error::backend(store, context(), e)),
+        Err(_) => Err(Error::backend(
+            store,
+            context(),
+            format!("timed out after {limit:?}"),
+        )),
+    }
+}
+
 /// Whether `name` is a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at
 /// most 63 bytes) that can be put into SQL text without quoting; anything
 /// else is [`Error::Config`]. SQL stores check table and schema names with
@@ -120,6 +169,47 @@ mod tests {
         );
         assert_eq!(redact_url("redis://:pw@h"), "redis://@h");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[tokio::test]
+    async fn errors_before_sending_are_unavailable_and_definite() {
+        let refused = async { Err::<(), BoxError>(Box::new(Unsent("pool timed out".into()))) };
+        let err = timed_unsent_aware(
+            "x",
+            Duration::from_secs(1),
+            || "op".into(),
+            |e: &BoxError| e.is::<Unsent>(),
+            refused,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        assert!(!err.may_have_applied());
+        let sent = async { Err::<(), BoxError>("connection reset".into()) };
+        let err = timed_unsent_aware(
+            "x",
+            Duration::from_secs(1),
+            || "op".into(),
+            |e: &BoxError| e.is::<Unsent>(),
+            sent,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.may_have_applied(), "{err}");
+        let never = std::future::pending::<std::result::Result<(), BoxError>>();
+        let err = timed_unsent_aware(
+            "x",
+            Duration::from_millis(5),
+            || "op".into(),
+            |_| true,
+            never,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.may_have_applied(),
+            "a timeout may have been sent: {err}"
+        );
     }
 
     #[tokio::test]

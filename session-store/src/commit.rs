@@ -176,7 +176,7 @@ impl ActiveSession {
                 Err(e) if e.may_have_applied() && Instant::now() + pause < deadline => {
                     tracing::debug!(%id, error = %e, "re-reading after a failed save");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 other => return other,
             }
@@ -262,8 +262,20 @@ impl ActiveSession {
                 Verdict::NotLanded(fresh) => {
                     if fresh.version() != version {
                         tracing::debug!(%id, version, "save conflicted; re-applying changes");
+                        if self
+                            .in_doubt_since
+                            .is_some_and(|doubted| fresh.version() > doubted)
+                        {
+                            // The record moved past every version a lost
+                            // save was attempted on, and it is not ours:
+                            // versions only grow, so it can never land now.
+                            self.in_doubt_since = None;
+                        }
                         version = fresh.version();
                         self.rebase(fresh)?;
+                        // A retried commit starts from here, not from the
+                        // version first loaded.
+                        self.state = State::Loaded { version };
                     }
                 }
             }

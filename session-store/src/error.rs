@@ -64,6 +64,21 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The backend could not be reached, so nothing was sent: no connection
+    /// could be had from the pool in time, or the connection failed before
+    /// the request left. Unlike [`Error::Backend`], the operation certainly
+    /// did not happen.
+    #[error("{store} store unavailable: {context}: {source}")]
+    Unavailable {
+        /// Which store (`"redis"`, `"postgres"`, ...).
+        store: &'static str,
+        /// What was being done and against which address.
+        context: String,
+        /// The client's own error.
+        #[source]
+        source: BoxError,
+    },
+
     /// A commit kept conflicting with other saves of the same session and
     /// gave up after `attempts` tries.
     #[error("session {id} kept changing under this request; gave up after {attempts} attempts")]
@@ -106,8 +121,8 @@ pub enum Error {
 impl Error {
     /// Whether the operation may have been applied although it failed: a
     /// backend error (a timeout, a dropped connection) can come after the
-    /// server did the work. Every other error is definite: nothing was
-    /// written.
+    /// server did the work. Every other error, [`Error::Unavailable`]
+    /// included, is definite: nothing was written.
     pub fn may_have_applied(&self) -> bool {
         matches!(self, Error::Backend { .. })
     }

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use session_store::backend::{
-    check_sql_identifier, next_version, redact_url, storable_version, timed,
+    check_sql_identifier, next_version, redact_url, storable_version, timed_unsent_aware,
 };
 use session_store::time::OffsetDateTime;
 use session_store::{
@@ -301,7 +301,16 @@ impl PostgresStore {
     where
         Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
     {
-        timed(STORE, self.operation_timeout, || self.context(what), work).await
+        // No connection from the pool: nothing was sent, and the manager
+        // knows it (`Error::Unavailable`).
+        timed_unsent_aware(
+            STORE,
+            self.operation_timeout,
+            || self.context(what),
+            |e: &sqlx::Error| matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed),
+            work,
+        )
+        .await
     }
 }
 

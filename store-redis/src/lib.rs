@@ -66,7 +66,9 @@ use async_trait::async_trait;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncCommands as _, Script};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
-use session_store::backend::{next_version, redact_url, storable_version, timed};
+use session_store::backend::{
+    next_version, redact_url, storable_version, timed_unsent_aware, Unsent,
+};
 use session_store::time::OffsetDateTime;
 use session_store::{
     codec, unix_millis, BoxError, DeleteOutcome, Error, Result, Session, SessionId,
@@ -355,13 +357,20 @@ impl RedisStore {
     {
         let lane = self.lanes.pick();
         let work = async {
-            let conn = self.lanes.connection(lane, &self.pool).await?;
+            // No connection: the request never left, so the manager knows
+            // nothing was written (`Error::Unavailable`).
+            let conn = self
+                .lanes
+                .connection(lane, &self.pool)
+                .await
+                .map_err(|e| BoxError::from(Unsent(e)))?;
             op(conn).await.map_err(BoxError::from)
         };
-        let result = timed(
+        let result = timed_unsent_aware(
             STORE,
             self.operation_timeout,
             || format!("{what} at {}", self.address),
+            |e: &BoxError| e.is::<Unsent>(),
             work,
         )
         .await;
