@@ -47,7 +47,15 @@ impl Change {
     }
 }
 
-/// Applies every change, in order, to `session`.
+/// Applies `changes` to `session`: first the flash values this request
+/// read (reading came before anything the request did), then the rest in
+/// order.
 pub(crate) fn replay(changes: &[Change], session: &mut Session) -> Result<()> {
-    changes.iter().try_for_each(|change| change.apply(session))
+    let (reads, writes): (Vec<&Change>, Vec<&Change>) = changes
+        .iter()
+        .partition(|change| matches!(change, Change::ConsumeFlash(..)));
+    reads
+        .into_iter()
+        .chain(writes)
+        .try_for_each(|change| change.apply(session))
 }

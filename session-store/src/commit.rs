@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use cookie::Cookie;
 use rand::RngCore as _;
 
-use crate::active::{ActiveSession, State};
+use crate::active::{ActiveSession, PendingWrite, Regeneration, State};
 use crate::changes::replay;
 use crate::cookies::{removal_cookie, session_cookie};
 use crate::error::{Error, Result};
@@ -31,11 +31,12 @@ use crate::store::{DeleteOutcome, UpdateOutcome};
 /// How often `create` may collide before the generator is deemed broken.
 const MAX_ID_COLLISIONS: u32 = 3;
 
-/// What re-reading a record says about a save of ours.
+/// What re-reading a record says about this request's pending saves.
 enum Verdict {
-    /// Our write id is in the record: the save landed.
-    Landed(Session),
-    /// It did not land; this is the record as it is now.
+    /// One of our write ids is in the record: that save landed, carrying
+    /// this many leading changes.
+    Landed(Session, usize),
+    /// None landed; this is the record as it is now.
     NotLanded(Session),
     /// The record is gone (deleted or expired).
     Missing,
@@ -65,48 +66,43 @@ impl ActiveSession {
     /// connection), the write may still have landed: the commit re-reads the
     /// record for up to [`SessionConfig::resolve_timeout`](crate::SessionConfig::resolve_timeout)
     /// and reports success if it did. If it cannot tell, it returns the
-    /// error and keeps its state: calling `commit` again finishes the job
-    /// and never applies the changes twice. After a successful commit the
-    /// handle reflects what is stored; committing again writes nothing
-    /// unless something changed since.
+    /// error and keeps its state: calling `commit` again (with or without
+    /// further changes made meanwhile) finishes the job and never applies a
+    /// change twice. After a successful commit the handle reflects what is
+    /// stored; committing again writes nothing unless something changed.
     pub async fn commit(&mut self) -> Result<Option<Cookie<'static>>> {
         self.drop_discarded().await;
         match self.state.clone() {
             State::Gone => Ok(None),
-            State::Destroyed { mut pending } => {
-                while let Some(id) = pending.last().copied() {
-                    if let Err(e) = self.store.delete(&id).await {
-                        self.state = State::Destroyed { pending };
-                        return Err(e);
-                    }
-                    pending.pop();
-                }
-                self.state = State::Destroyed {
-                    pending: Vec::new(),
-                };
-                // Once: a second commit has nothing left to say.
-                Ok(std::mem::take(&mut self.had_cookie).then(|| removal_cookie(&self.config)))
-            }
+            State::Destroyed { pending } => self.commit_destroy(pending).await,
             State::New => {
-                if self.session.is_empty() {
+                if self.session.is_empty() && self.create_in_doubt.is_none() {
                     return Ok(None);
                 }
-                self.create_private().await?;
-                self.saved(self.session.version());
-                Ok(Some(self.cookie()?))
+                let covers = self.create_private().await?;
+                let version = self.session.version();
+                self.changes.drain(..covers);
+                self.pending.clear();
+                self.base_writes = self.session.recent_writes().to_vec();
+                self.state = State::Loaded { version };
+                self.send_cookie = true;
+                if self.changes.is_empty() {
+                    self.saved(version);
+                    return Ok(Some(self.cookie()?));
+                }
+                // Changes made after an earlier attempt whose create landed.
+                self.save(version).await
             }
             State::Regenerating {
                 old_id,
                 old_version,
-                created,
-            } => self.commit_regeneration(old_id, old_version, created).await,
+            } => self.commit_regeneration(old_id, old_version).await,
             State::Loaded { version } => {
                 if !self.changes.is_empty() {
                     return self.save(version).await;
                 }
                 if self.expiry_moved {
-                    let id = self.session.id();
-                    if !self.store.touch(&id, self.session.expires_at()).await? {
+                    if !self.touch().await? {
                         return Ok(self.mark_gone());
                     }
                     self.expiry_moved = false;
@@ -116,8 +112,68 @@ impl ActiveSession {
         }
     }
 
+    async fn commit_destroy(
+        &mut self,
+        mut pending: Vec<SessionId>,
+    ) -> Result<Option<Cookie<'static>>> {
+        while let Some(id) = pending.last().copied() {
+            if let Err(e) = self.store.delete(&id).await {
+                // A delete whose reply was lost may have landed: gone is
+                // gone, whoever did it.
+                let gone = e.may_have_applied() && matches!(self.reread(&id).await, Ok(None));
+                if !gone {
+                    self.state = State::Destroyed { pending };
+                    return Err(e);
+                }
+            }
+            pending.pop();
+        }
+        self.state = State::Destroyed {
+            pending: Vec::new(),
+        };
+        // Once: a second commit has nothing left to say.
+        Ok(std::mem::take(&mut self.had_cookie).then(|| removal_cookie(&self.config)))
+    }
+
+    /// Moves the expiry forward; `false` when the session is gone.
+    async fn touch(&mut self) -> Result<bool> {
+        let id = self.session.id();
+        match self.store.touch(&id, self.session.expires_at()).await {
+            Ok(live) => Ok(live),
+            Err(e) if e.may_have_applied() => match self.reread(&id).await {
+                // Touch only moves forward: an expiry at or past ours means
+                // it landed (or someone moved it further; either is fine).
+                Ok(Some(stored))
+                    if stored.expires_at_millis() >= self.session.expires_at_millis() =>
+                {
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The write id for the next save of the change log as it is now: the
+    /// last pending one if it carried the same changes, else a new one.
     fn write_id(&mut self) -> u64 {
-        *self.write_id.get_or_insert_with(|| rand::rng().next_u64())
+        let covers = self.changes.len();
+        match self.pending.last() {
+            Some(p) if p.covers == covers => p.write_id,
+            _ => {
+                let write_id = rand::rng().next_u64();
+                self.pending.push(PendingWrite { write_id, covers });
+                write_id
+            }
+        }
+    }
+
+    /// Stamps `write_id` on the session, on top of the write ids of the
+    /// version it is based on.
+    fn stamp(&mut self, write_id: u64) {
+        self.session.set_recent_writes(self.base_writes.clone());
+        self.session.stamp_write(write_id);
     }
 
     /// The save landed at `version`: the handle now mirrors the store.
@@ -126,15 +182,16 @@ impl ActiveSession {
         self.state = State::Loaded { version };
         self.changes.clear();
         self.expiry_moved = false;
-        self.write_id = None;
+        self.pending.clear();
         self.in_doubt_since = None;
+        self.base_writes = self.session.recent_writes().to_vec();
     }
 
     fn mark_gone(&mut self) -> Option<Cookie<'static>> {
         tracing::debug!(id = %self.session.id(), "session was ended elsewhere meanwhile; not saving");
         self.state = State::Gone;
         self.changes.clear();
-        self.write_id = None;
+        self.pending.clear();
         self.send_cookie = false;
         None
     }
@@ -159,7 +216,7 @@ impl ActiveSession {
     async fn drop_discarded(&mut self) {
         while let Some(id) = self.discarded.last().copied() {
             if let Err(e) = self.store.delete(&id).await {
-                tracing::warn!(%id, error = %e, "could not delete an abandoned regenerated record");
+                tracing::warn!(%id, error = %e, "could not delete an abandoned record");
                 return;
             }
             self.discarded.pop();
@@ -183,13 +240,18 @@ impl ActiveSession {
         }
     }
 
-    /// Whether a save stamped `write_id` is in `fresh`.
-    fn judge(&self, fresh: Option<Session>, write_id: u64) -> Verdict {
+    /// What `fresh` (the shared record, re-read) says about our pending saves.
+    fn judge(&self, fresh: Option<Session>) -> Verdict {
         let Some(fresh) = fresh else {
             return Verdict::Missing;
         };
-        if fresh.recent_writes().contains(&write_id) {
-            return Verdict::Landed(fresh);
+        let landed = self
+            .pending
+            .iter()
+            .rev()
+            .find(|p| fresh.recent_writes().contains(&p.write_id));
+        if let Some(p) = landed {
+            return Verdict::Landed(fresh, p.covers);
         }
         if let Some(doubted) = self.in_doubt_since {
             // The record names the writers of its last `len` versions. A
@@ -209,29 +271,60 @@ impl ActiveSession {
         self.in_doubt_since = Some(self.in_doubt_since.map_or(version, |v| v.min(version)));
     }
 
-    fn unknown(&self) -> Error {
+    fn unknown(&self, id: SessionId) -> Error {
         Error::OutcomeUnknown {
-            id: self.session.id(),
+            id,
             reason: "more saves followed it than the record remembers".into(),
         }
     }
 
-    /// Replays this request's changes on `fresh`, which becomes the session.
-    fn rebase(&mut self, mut fresh: Session) -> Result<()> {
+    /// Our save carrying `covers` changes is in `stored`: those changes are
+    /// done; the rest are replayed on it. The session keeps its own id (a
+    /// regeneration absorbs the old record into the new id).
+    fn absorb(&mut self, stored: Session, covers: usize) -> Result<()> {
+        let id = self.session.id();
+        self.changes.drain(..covers.min(self.changes.len()));
+        self.pending.clear();
+        self.in_doubt_since = None;
+        self.base_writes = stored.recent_writes().to_vec();
         let ours = self.session.expires_at_millis();
-        replay(&self.changes, &mut fresh)?;
-        fresh.set_expires_at_millis(fresh.expires_at_millis().max(ours));
-        self.session = fresh;
+        let mut next = stored;
+        replay(&self.changes, &mut next)?;
+        next.set_expires_at_millis(next.expires_at_millis().max(ours));
+        next.set_id(id);
+        self.session = next;
+        Ok(())
+    }
+
+    /// None of our saves is in `fresh`: replay every change on it. Once the
+    /// record has moved past every version a lost save was attempted on, that
+    /// save can never land (versions only grow): the doubt is over.
+    fn rebase(&mut self, fresh: Session) -> Result<()> {
+        if self
+            .in_doubt_since
+            .is_some_and(|doubted| fresh.version() > doubted)
+        {
+            self.in_doubt_since = None;
+            self.pending.clear();
+        }
+        let id = self.session.id();
+        let ours = self.session.expires_at_millis();
+        self.base_writes = fresh.recent_writes().to_vec();
+        let mut next = fresh;
+        replay(&self.changes, &mut next)?;
+        next.set_expires_at_millis(next.expires_at_millis().max(ours));
+        next.set_id(id);
+        self.session = next;
         Ok(())
     }
 
     /// Saves the change log on top of `version`, replaying it after
     /// conflicts and resolving lost replies.
     async fn save(&mut self, mut version: u64) -> Result<Option<Cookie<'static>>> {
-        let write_id = self.write_id();
         let id = self.session.id();
         for _ in 0..self.config.max_commit_attempts {
-            self.session.stamp_write(write_id);
+            let write_id = self.write_id();
+            self.stamp(write_id);
             let failure = match self.store.update(&self.session, version).await {
                 Ok(UpdateOutcome::Updated { version }) => {
                     self.saved(version);
@@ -249,32 +342,25 @@ impl ActiveSession {
                 Ok(fresh) => fresh,
                 Err(e) => return Err(failure.unwrap_or(e)),
             };
-            match self.judge(fresh, write_id) {
-                Verdict::Landed(stored) => {
+            match self.judge(fresh) {
+                Verdict::Landed(stored, covers) => {
                     tracing::debug!(%id, "a save whose reply was lost had landed");
-                    let version = stored.version();
-                    self.session = stored;
-                    self.saved(version);
-                    return self.cookie_if_due();
+                    self.absorb(stored, covers)?;
+                    version = self.session.version();
+                    self.state = State::Loaded { version };
+                    if self.changes.is_empty() {
+                        self.saved(version);
+                        return self.cookie_if_due();
+                    }
                 }
                 Verdict::Missing => return Ok(self.mark_gone()),
-                Verdict::Unknown => return Err(self.unknown()),
+                Verdict::Unknown => return Err(self.unknown(id)),
                 Verdict::NotLanded(fresh) => {
                     if fresh.version() != version {
                         tracing::debug!(%id, version, "save conflicted; re-applying changes");
-                        if self
-                            .in_doubt_since
-                            .is_some_and(|doubted| fresh.version() > doubted)
-                        {
-                            // The record moved past every version a lost
-                            // save was attempted on, and it is not ours:
-                            // versions only grow, so it can never land now.
-                            self.in_doubt_since = None;
-                        }
                         version = fresh.version();
                         self.rebase(fresh)?;
-                        // A retried commit starts from here, not from the
-                        // version first loaded.
+                        // A retried commit starts from here.
                         self.state = State::Loaded { version };
                     }
                 }
@@ -286,54 +372,71 @@ impl ActiveSession {
         })
     }
 
+    /// Draws a new id for the record this request is about to create.
+    fn fresh_id(&mut self) -> Result<()> {
+        let token = self.config.new_token()?;
+        self.session.set_id(token.id());
+        self.token = token;
+        self.create_in_doubt = None;
+        Ok(())
+    }
+
     /// Stores the session under an id only this request knows (a new
-    /// session, or the new id of a regeneration), drawing another id on a
-    /// collision and recognising its own earlier attempt after a lost reply.
-    async fn create_private(&mut self) -> Result<()> {
-        let write_id = self.write_id();
+    /// session, or the new id of a regeneration) and returns how many
+    /// leading changes the stored record carries.
+    ///
+    /// After a lost reply the record is re-read: our write id there means
+    /// the create landed. If it is not there, the id is never used again:
+    /// the lost create may still land later, and it must land under an id
+    /// no browser was given, so a logout in between cannot be undone by it.
+    async fn create_private(&mut self) -> Result<usize> {
         let mut collisions = 0;
-        let mut in_doubt = self.in_doubt_since.is_some();
+        let mut failure: Option<Error> = None;
         for _ in 0..self.config.max_commit_attempts {
+            if let Some(doubt) = self.create_in_doubt {
+                let id = self.session.id();
+                match self.reread(&id).await {
+                    Err(e) => return Err(failure.unwrap_or(e)),
+                    Ok(Some(stored)) if stored.recent_writes().contains(&doubt.write_id) => {
+                        tracing::debug!(%id, "a create whose reply was lost had landed");
+                        self.create_in_doubt = None;
+                        let ours = self.session.expires_at_millis();
+                        let mut next = stored;
+                        replay(
+                            &self.changes[doubt.covers.min(self.changes.len())..],
+                            &mut next,
+                        )?;
+                        next.set_expires_at_millis(next.expires_at_millis().max(ours));
+                        self.session = next;
+                        return Ok(doubt.covers);
+                    }
+                    Ok(_) => {
+                        tracing::debug!(%id, "a create whose reply was lost is not there; using another id");
+                        self.discarded.push(id);
+                        self.fresh_id()?;
+                    }
+                }
+            }
+            let covers = self.changes.len();
+            let write_id = rand::rng().next_u64();
+            self.session.set_recent_writes(Vec::new());
             self.session.stamp_write(write_id);
-            let id = self.session.id();
-            let failure = match self.store.create(&self.session).await {
-                Ok(()) => return Ok(()),
-                Err(Error::IdCollision { .. }) if !in_doubt => None,
-                Err(e @ Error::IdCollision { .. }) => Some(e),
+            match self.store.create(&self.session).await {
+                Ok(()) => return Ok(covers),
+                Err(Error::IdCollision { id }) => {
+                    collisions += 1;
+                    if collisions > MAX_ID_COLLISIONS {
+                        return Err(Error::IdCollision { id });
+                    }
+                    tracing::warn!(%id, "session id collision; drawing another");
+                    self.fresh_id()?;
+                }
                 Err(e) if e.may_have_applied() => {
-                    in_doubt = true;
-                    self.in_doubt_since = Some(0);
-                    Some(e)
+                    self.create_in_doubt = Some(PendingWrite { write_id, covers });
+                    failure = Some(e);
                 }
                 Err(e) => return Err(e),
-            };
-            if let Some(e) = failure {
-                match self.reread(&id).await {
-                    Ok(Some(stored)) if stored.recent_writes().contains(&write_id) => {
-                        tracing::debug!(%id, "a create whose reply was lost had landed");
-                        self.in_doubt_since = None;
-                        return Ok(());
-                    }
-                    // Not there yet: try again; a late landing shows up as a
-                    // collision with our own write id.
-                    Ok(None) if !matches!(e, Error::IdCollision { .. }) => continue,
-                    Ok(_) => {}
-                    Err(read_error) => {
-                        return Err(if e.may_have_applied() { e } else { read_error })
-                    }
-                }
             }
-            // Someone else's record holds this id: draw another.
-            collisions += 1;
-            if collisions > MAX_ID_COLLISIONS {
-                return Err(Error::IdCollision { id });
-            }
-            tracing::warn!(%id, "session id collision; drawing another");
-            let token = self.config.new_token()?;
-            self.session.set_id(token.id());
-            self.token = token;
-            in_doubt = false;
-            self.in_doubt_since = None;
         }
         Err(Error::Contention {
             id: self.session.id(),
@@ -345,66 +448,109 @@ impl ActiveSession {
         &mut self,
         old_id: SessionId,
         mut old_version: u64,
-        mut created: Option<u64>,
     ) -> Result<Option<Cookie<'static>>> {
-        if created.is_none() {
-            // A fresh record: version 1, and only this request's write ids.
-            self.session.set_version(1);
-            self.session.set_recent_writes(Vec::new());
-            self.create_private().await?;
-            created = Some(self.session.version());
+        // 1. A save of this request to the old record may be in doubt
+        //    (regenerate() after a failed commit): settle it first, so the
+        //    new record starts from what is really stored.
+        if !self.pending.is_empty() {
+            let fresh = self.reread(&old_id).await?;
+            match self.judge(fresh) {
+                Verdict::Landed(stored, covers) => {
+                    old_version = stored.version();
+                    self.absorb(stored, covers)?;
+                }
+                Verdict::NotLanded(fresh) => {
+                    old_version = fresh.version();
+                    self.rebase(fresh)?;
+                }
+                Verdict::Missing => return Ok(self.abandon_regeneration().await),
+                Verdict::Unknown => return Err(self.unknown(old_id)),
+            }
+            // The session changed under the new record (if it exists yet):
+            // rewrite it whole.
+            self.regen.covers = 0;
             self.state = State::Regenerating {
                 old_id,
                 old_version,
-                created,
             };
         }
-        let mut new_version = created.unwrap_or(1);
+        // 2. The new record: created, then kept up to date with changes
+        //    made after an earlier attempt.
+        if let Some((from, covers)) = self.regen.update_in_doubt {
+            let id = self.session.id();
+            match self.reread(&id).await? {
+                Some(stored) if stored.version() > from => {
+                    self.regen.created_version = Some(stored.version());
+                    self.regen.covers = covers;
+                }
+                Some(_) => self.regen.created_version = Some(from),
+                None => {
+                    return Err(Error::backend(
+                        "manager",
+                        format!("regenerating into session {id}"),
+                        "the new record vanished before the old one was retired",
+                    ))
+                }
+            }
+            self.regen.update_in_doubt = None;
+        }
+        if self.regen.created_version.is_none() {
+            self.session.set_version(1);
+            self.regen.covers = self.create_private().await?;
+            self.regen.created_version = Some(self.session.version());
+        }
+        if self.regen.covers < self.changes.len() {
+            self.update_private().await?;
+        }
+        // 3. Retire the old record, carrying over saves that beat us to it.
         for _ in 0..self.config.max_commit_attempts {
             let lost_reply = match self.store.delete_if(&old_id, old_version).await {
                 Ok(DeleteOutcome::Deleted) => {
-                    self.saved(new_version);
+                    let version = self.regen.created_version.unwrap_or(1);
+                    self.regen = Regeneration::default();
+                    self.base_writes = self.session.recent_writes().to_vec();
+                    self.saved(version);
                     return Ok(Some(self.cookie()?));
                 }
-                Ok(DeleteOutcome::Gone) => return Ok(self.abandon_regeneration().await),
+                Ok(DeleteOutcome::Gone) => return self.old_record_gone(old_id).await,
                 Ok(DeleteOutcome::Conflict) => None,
-                Err(e) if e.may_have_applied() => Some(e),
+                Err(e) if e.may_have_applied() => {
+                    self.regen.retire_in_doubt = true;
+                    Some(e)
+                }
                 Err(e) => return Err(e),
             };
             let fresh = match self.reread(&old_id).await {
                 Ok(fresh) => fresh,
                 Err(e) => return Err(lost_reply.unwrap_or(e)),
             };
-            let Some(fresh) = fresh else {
-                self.abandon_regeneration().await;
-                return match lost_reply {
-                    // Our delete may have landed, or a logout's: without
-                    // knowing, resurrecting is the worse mistake.
-                    Some(_) => Err(Error::OutcomeUnknown {
-                        id: old_id,
-                        reason: "the old record vanished while it was being retired; the new one was dropped".into(),
-                    }),
-                    None => Ok(None),
-                };
-            };
-            if fresh.version() == old_version {
-                continue;
+            match self.judge(fresh) {
+                Verdict::Missing => return self.old_record_gone(old_id).await,
+                Verdict::Unknown => return Err(self.unknown(old_id)),
+                Verdict::NotLanded(fresh) if fresh.version() == old_version => continue,
+                verdict => {
+                    // Another request (or our own earlier save) moved the
+                    // old record on: carry it into the new one.
+                    tracing::debug!(id = %old_id, "the session changed while regenerating; carrying it over");
+                    self.regen.retire_in_doubt = false;
+                    match verdict {
+                        Verdict::Landed(stored, covers) => {
+                            old_version = stored.version();
+                            self.absorb(stored, covers)?;
+                        }
+                        Verdict::NotLanded(fresh) => {
+                            old_version = fresh.version();
+                            self.rebase(fresh)?;
+                        }
+                        Verdict::Missing | Verdict::Unknown => {}
+                    }
+                    self.state = State::Regenerating {
+                        old_id,
+                        old_version,
+                    };
+                    self.update_private().await?;
+                }
             }
-            // Another request saved to the old record: carry its data over,
-            // with this request's changes on top, into the new record.
-            tracing::debug!(id = %old_id, "the session changed while regenerating; carrying it over");
-            old_version = fresh.version();
-            let new_id = self.session.id();
-            let write_ids = self.session.recent_writes().to_vec();
-            self.rebase(fresh)?;
-            self.session.set_id(new_id);
-            self.session.set_recent_writes(write_ids);
-            new_version = self.update_private(new_version).await?;
-            self.state = State::Regenerating {
-                old_id,
-                old_version,
-                created: Some(new_version),
-            };
         }
         Err(Error::Contention {
             id: old_id,
@@ -412,29 +558,75 @@ impl ActiveSession {
         })
     }
 
-    /// Saves the session to a record only this request knows (the new id of
-    /// a regeneration, not yet sent to the browser): nobody else writes it,
-    /// so after a lost reply its version alone tells whether the save landed.
-    async fn update_private(&mut self, version: u64) -> Result<u64> {
+    /// The old record is gone. If our own compare-and-delete may have done
+    /// it, we cannot tell that from a logout: resurrecting would be the
+    /// worse mistake, so the new record is dropped and the doubt reported.
+    async fn old_record_gone(&mut self, old_id: SessionId) -> Result<Option<Cookie<'static>>> {
+        let in_doubt = self.regen.retire_in_doubt;
+        self.abandon_regeneration().await;
+        if in_doubt {
+            Err(Error::OutcomeUnknown {
+                id: old_id,
+                reason:
+                    "the old record vanished while it was being retired; the new one was dropped"
+                        .into(),
+            })
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Saves the session to the regeneration's new record, which only this
+    /// request knows: nobody else writes it, so after a lost reply its
+    /// version alone tells whether the save landed.
+    async fn update_private(&mut self) -> Result<()> {
         let id = self.session.id();
+        let mut version = self.regen.created_version.unwrap_or(1);
         for _ in 0..self.config.max_commit_attempts {
+            let covers = self.changes.len();
+            self.session.set_recent_writes(Vec::new());
+            self.session.stamp_write(rand::rng().next_u64());
             let failure = match self.store.update(&self.session, version).await {
-                Ok(UpdateOutcome::Updated { version }) => return Ok(version),
-                Ok(outcome) => {
+                Ok(UpdateOutcome::Updated { version }) => {
+                    self.regen.created_version = Some(version);
+                    self.regen.covers = covers;
+                    return Ok(());
+                }
+                Ok(UpdateOutcome::Conflict) => None,
+                Ok(UpdateOutcome::Gone) => {
                     return Err(Error::backend(
                         "manager",
-                        format!("saving regenerated session {id}"),
-                        format!("its new record answered {outcome:?}"),
+                        format!("regenerating into session {id}"),
+                        "the new record expired before the old one was retired",
                     ))
                 }
-                Err(e) if e.may_have_applied() => e,
+                Err(e) if e.may_have_applied() => {
+                    self.regen.update_in_doubt = Some((version, covers));
+                    Some(e)
+                }
                 Err(e) => return Err(e),
             };
             match self.reread(&id).await {
-                Ok(Some(stored)) if stored.version() > version => return Ok(stored.version()),
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err(failure),
-                Err(_) => return Err(failure),
+                Ok(Some(stored)) if stored.version() > version => {
+                    // Ours (an earlier attempt) landed.
+                    self.regen.update_in_doubt = None;
+                    self.regen.created_version = Some(stored.version());
+                    if failure.is_some() {
+                        self.regen.covers = covers;
+                        return Ok(());
+                    }
+                    version = stored.version();
+                }
+                Ok(Some(_)) => self.regen.update_in_doubt = None,
+                Ok(None) | Err(_) => {
+                    return Err(failure.unwrap_or_else(|| {
+                        Error::backend(
+                            "manager",
+                            format!("regenerating into session {id}"),
+                            "the new record could not be re-read",
+                        )
+                    }))
+                }
             }
         }
         Err(Error::Contention {
@@ -446,10 +638,14 @@ impl ActiveSession {
     /// The old record was ended elsewhere: drop the new one, send nothing.
     async fn abandon_regeneration(&mut self) -> Option<Cookie<'static>> {
         let new_id = self.session.id();
-        if let Err(e) = self.store.delete(&new_id).await {
-            // Nobody holds its token; it expires on its own.
-            tracing::warn!(id = %new_id, error = %e, "could not delete an abandoned regenerated record");
+        if self.regen.created_version.is_some() || self.create_in_doubt.is_some() {
+            if let Err(e) = self.store.delete(&new_id).await {
+                // Nobody holds its token; it expires on its own.
+                tracing::warn!(id = %new_id, error = %e, "could not delete an abandoned regenerated record");
+            }
         }
+        self.regen = Regeneration::default();
+        self.create_in_doubt = None;
         self.mark_gone()
     }
 }
