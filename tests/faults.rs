@@ -27,7 +27,8 @@ struct Tally {
     tried: AtomicU64,
     errors: AtomicU64,
     acked: AtomicU64,
-    /// Errors that were not `Error::Backend` (a bug: faults must be typed).
+    /// Errors that were not `Error::Backend` or `Error::Unavailable` (a bug:
+    /// faults must be typed).
     untyped: AtomicU64,
     /// Longest time one operation took while the fault was on, in ms.
     slowest_ms: AtomicU64,
@@ -105,7 +106,7 @@ where
                                 .store(started.elapsed().as_millis() as u64, Relaxed);
                         }
                         Ok(None) => {}
-                        Err(Error::Backend { .. }) => {
+                        Err(Error::Backend { .. } | Error::Unavailable { .. }) => {
                             tally.errors.fetch_add(1, Relaxed);
                         }
                         Err(other) => {
@@ -455,7 +456,10 @@ async fn increment(manager: &SessionManager, cookie: &Cookie<'static>, doubts: &
         doubts.errors.fetch_add(1, Relaxed);
         if !matches!(
             e,
-            Error::Backend { .. } | Error::OutcomeUnknown { .. } | Error::Contention { .. }
+            Error::Backend { .. }
+                | Error::Unavailable { .. }
+                | Error::OutcomeUnknown { .. }
+                | Error::Contention { .. }
         ) {
             eprintln!("untyped ambiguous-timeout error: {e}");
             doubts.untyped.fetch_add(1, Relaxed);
@@ -816,7 +820,7 @@ mod redis_kill {
             if std::env::var_os("CI").is_some() {
                 panic!("redis-server is not installed and CI is set");
             }
-            println!("skipping the redis kill test: redis-server is not installed");
+            common::say_skipped("the redis kill test: redis-server is not installed");
             return;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -900,7 +904,7 @@ mod fs_full_disk {
             if std::env::var_os("CI").is_some() {
                 panic!("could not mount a small tmpfs (not root?) and CI is set");
             }
-            println!("skipping the full-disk test: cannot mount a tmpfs here");
+            common::say_skipped("the full-disk test: cannot mount a tmpfs here");
             return;
         }
         let outcome = std::panic::AssertUnwindSafe(fill_and_check(mount.clone()));

@@ -230,7 +230,7 @@ impl ActiveSession {
         let mut pause = Duration::from_millis(20);
         loop {
             match self.store.get(id).await {
-                Err(e) if e.may_have_applied() && Instant::now() + pause < deadline => {
+                Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
                     tracing::debug!(%id, error = %e, "re-reading after a failed save");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));

@@ -127,6 +127,12 @@ impl Error {
         matches!(self, Error::Backend { .. })
     }
 
+    /// Whether trying again later may succeed: the backend failed or could
+    /// not be reached ([`Error::Backend`], [`Error::Unavailable`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Backend { .. } | Error::Unavailable { .. })
+    }
+
     /// Builds an [`Error::Backend`].
     pub fn backend(
         store: &'static str,
