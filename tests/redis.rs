@@ -224,12 +224,14 @@ async fn an_unreachable_server_is_a_typed_error_naming_the_address() {
         ..RedisConfig::new("redis://127.0.0.1:1")
     })
     .await;
+    // No connection could be had, so nothing was sent: Unavailable (which
+    // the manager knows wrote nothing), not Backend.
     match result {
-        Err(Error::Backend { store, context, .. }) => {
+        Err(Error::Unavailable { store, context, .. }) => {
             assert_eq!(store, "redis");
             assert!(context.contains("127.0.0.1:1"), "{context}");
         }
-        other => panic!("expected a backend error, got {other:?}"),
+        other => panic!("expected an unavailable error, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 }

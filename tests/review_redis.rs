@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use server_session::redis::deadpool_redis::redis;
 use server_session::{
-    codec, from_unix_millis, now_millis, DeleteOutcome, Error, RedisConfig, RedisStore, Session,
-    SessionId, SessionInterface, SessionToken, UpdateOutcome, MAX_VERSION,
+    codec, from_unix_millis, now_millis, unix_millis, DeleteOutcome, Error, RedisConfig,
+    RedisStore, Session, SessionId, SessionInterface, SessionToken, UpdateOutcome, MAX_VERSION,
 };
 
 async fn store_with_prefix(prefix: String) -> Option<RedisStore> {
@@ -431,4 +431,302 @@ async fn set_in_the_past_over_a_live_record_leaves_nothing_live() {
         store.set(&s).await.unwrap();
     }
     store.clear().await.unwrap();
+}
+
+// ---- findings of the review, fixed ----
+
+/// A record whose header says later than its key's TTL (written raw with a
+/// short PX): touch answers true for a later expiry, so the session must
+/// live to that expiry. answers true for a later expiry, so the session must
+/// live to that expiry.
+#[tokio::test]
+async fn f_touch_true_means_live_until_the_touched_expiry_even_with_a_short_ttl() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let s = session(3_600_000);
+    let key = format!("{prefix}{}", s.id());
+    raw_set(&mut conn, &key, &codec::encode(&s, 1).unwrap(), 400).await;
+    let target = now_millis() + 600_000;
+    assert!(store
+        .touch(&s.id(), from_unix_millis(target))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        store.get(&s.id()).await.unwrap().is_some(),
+        "touch said live until {target}, but the key expired at its old TTL"
+    );
+    store.clear().await.unwrap();
+}
+
+/// Forward-only expiry at the top of the range: a stored expiry of
+/// i64::MAX must not move back to i64::MAX - 1000 on update.
+#[tokio::test]
+async fn f_update_never_moves_a_huge_expiry_back() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix).await else {
+        return;
+    };
+    let mut results = Vec::new();
+    for (stored, offered) in [((1 << 53) + 1, 1 << 53), (i64::MAX, i64::MAX - 10)] {
+        let mut s = Session::new(SessionToken::generate().id(), Duration::MAX);
+        s.set_expires_at_millis(stored);
+        store.set(&s).await.unwrap();
+        let mut next = s.clone();
+        next.set_expires_at_millis(offered);
+        let outcome = store.update(&next, 1).await.unwrap();
+        let kept = store
+            .get(&s.id())
+            .await
+            .unwrap()
+            .map(|g| g.expires_at_millis());
+        results.push((stored, outcome, kept));
+    }
+    store.clear().await.unwrap();
+    for (stored, outcome, kept) in results {
+        assert_eq!(outcome, UpdateOutcome::Updated { version: 2 });
+        assert_eq!(kept, Some(stored), "update moved the stored expiry earlier");
+    }
+}
+
+/// A key of another type under the store's key name is a corrupt record:
+/// Error::Decode, like any other undecodable value.
+#[tokio::test]
+async fn f_a_non_string_value_is_a_decode_error() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let s = session(60_000);
+    let key = format!("{prefix}{}", s.id());
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("f")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let got = store.get(&s.id()).await;
+    store.clear().await.unwrap();
+    assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+}
+
+/// A stored header version outside 1..=MAX_VERSION is corrupt (the SQL
+/// stores report a negative version column as Error::Decode).
+#[tokio::test]
+async fn f_a_stored_version_out_of_range_is_a_decode_error() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let s = session(60_000);
+    let key = format!("{prefix}{}", s.id());
+    let mut results = Vec::new();
+    for version in [u64::MAX, 0] {
+        raw_set(
+            &mut conn,
+            &key,
+            &codec::encode(&s, version).unwrap(),
+            60_000,
+        )
+        .await;
+        results.push((version, store.get(&s.id()).await));
+    }
+    store.clear().await.unwrap();
+    for (version, got) in results {
+        assert!(
+            matches!(got, Err(Error::Decode { .. })),
+            "version {version}: {got:?}"
+        );
+    }
+}
+
+async fn raw_pexpiretime(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// The same as above for a touch to an expiry earlier than the header's
+/// and for an update whose expiry is earlier than the stored one: both
+/// answer that the record lives to the header's expiry, so its key must.
+#[tokio::test]
+async fn f_touch_and_update_keep_the_key_alive_to_the_stored_expiry() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let (touched, updated) = (session(3_600_000), session(3_600_000));
+    for s in [&touched, &updated] {
+        let key = format!("{prefix}{}", s.id());
+        raw_set(&mut conn, &key, &codec::encode(s, 1).unwrap(), 400).await;
+    }
+    let earlier = now_millis() + 600_000;
+    assert!(store
+        .touch(&touched.id(), from_unix_millis(earlier))
+        .await
+        .unwrap());
+    let mut next = updated.clone();
+    next.set_expires_at_millis(earlier);
+    assert_eq!(
+        store.update(&next, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    let mut kept = Vec::new();
+    for s in [&touched, &updated] {
+        let key = format!("{prefix}{}", s.id());
+        kept.push(raw_pexpiretime(&mut conn, &key).await);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let live = [
+        store.get(&touched.id()).await.unwrap().is_some(),
+        store.get(&updated.id()).await.unwrap().is_some(),
+    ];
+    store.clear().await.unwrap();
+    assert_eq!(
+        kept,
+        [touched.expires_at_millis(), updated.expires_at_millis()]
+    );
+    assert_eq!(live, [true, true]);
+}
+
+/// Expiries above 2^53 ms, where Lua's doubles cannot tell neighbours
+/// apart: update keeps the later one to the millisecond, touch (whose
+/// `OffsetDateTime` saturates at year 9999) leaves a later stored one
+/// alone, and the key's TTL is the header's exactly.
+#[tokio::test]
+async fn f_huge_expiries_are_compared_and_stored_exactly() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let cases = [
+        (1i64 << 53, (1i64 << 53) + 1),
+        ((1 << 53) + 1, 1 << 53),
+        (i64::MAX - 10, i64::MAX),
+        (i64::MAX, i64::MAX - 1),
+    ];
+    let mut results = Vec::new();
+    for (stored, offered) in cases {
+        for op in ["touch", "update"] {
+            let mut s = Session::new(SessionToken::generate().id(), Duration::MAX);
+            s.set_expires_at_millis(stored);
+            store.set(&s).await.unwrap();
+            if op == "touch" {
+                assert!(store
+                    .touch(&s.id(), from_unix_millis(offered))
+                    .await
+                    .unwrap());
+            } else {
+                let mut next = s.clone();
+                next.set_expires_at_millis(offered);
+                assert_eq!(
+                    store.update(&next, 1).await.unwrap(),
+                    UpdateOutcome::Updated { version: 2 }
+                );
+            }
+            let got = store
+                .get(&s.id())
+                .await
+                .unwrap()
+                .map(|g| g.expires_at_millis());
+            let ttl = raw_pexpiretime(&mut conn, &format!("{prefix}{}", s.id())).await;
+            results.push((op, stored, offered, got, ttl));
+        }
+    }
+    store.clear().await.unwrap();
+    for (op, stored, offered, got, ttl) in results {
+        let later = if op == "touch" {
+            stored.max(unix_millis(from_unix_millis(offered)))
+        } else {
+            stored.max(offered)
+        };
+        assert_eq!(got, Some(later), "{op} {stored} -> {offered}: header");
+        assert_eq!(ttl, later, "{op} {stored} -> {offered}: key's TTL");
+    }
+}
+
+/// A stored version outside 1..=MAX_VERSION: update, touch and delete_if
+/// report it as Error::Decode too, and leave the record as it was.
+#[tokio::test]
+async fn f_writes_refuse_a_stored_version_out_of_range() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let mut failures = Vec::new();
+    for version in [u64::MAX, MAX_VERSION + 1, 0] {
+        let s = session(60_000);
+        let key = format!("{prefix}{}", s.id());
+        let bytes = codec::encode(&s, version).unwrap();
+        raw_set(&mut conn, &key, &bytes, 60_000).await;
+        let far = from_unix_millis(now_millis() + 600_000);
+        let outcomes = [
+            format!("{:?}", store.update(&s, 1).await),
+            format!("{:?}", store.touch(&s.id(), far).await),
+            format!("{:?}", store.delete_if(&s.id(), version).await),
+        ];
+        for outcome in outcomes {
+            if !outcome.starts_with("Err(Decode") || !outcome.contains(&key) {
+                failures.push(format!("version {version}: {outcome}"));
+            }
+        }
+        if raw_get(&mut conn, &key).await.as_deref() != Some(&bytes[..]) {
+            failures.push(format!("version {version}: record changed"));
+        }
+    }
+    store.clear().await.unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A non-string value under a session key: every operation that reads it
+/// reports Error::Decode naming the key (not a backend failure), len does
+/// not count it, and clear deletes it (it has this namespace's key shape).
+#[tokio::test]
+async fn f_a_non_string_value_is_corrupt_for_every_operation() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let s = session(60_000);
+    let key = format!("{prefix}{}", s.id());
+    let _: () = redis::cmd("RPUSH")
+        .arg(&key)
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let far = from_unix_millis(now_millis() + 600_000);
+    let outcomes = [
+        format!("{:?}", store.get(&s.id()).await),
+        format!("{:?}", store.update(&s, 1).await),
+        format!("{:?}", store.touch(&s.id(), far).await),
+        format!("{:?}", store.delete_if(&s.id(), 1).await),
+    ];
+    let counted = store.len().await;
+    store.clear().await.unwrap();
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for outcome in &outcomes {
+        assert!(
+            outcome.starts_with("Err(Decode") && outcome.contains(&key),
+            "{outcome}"
+        );
+    }
+    assert_eq!(counted.unwrap(), 0);
+    assert_eq!(left, 0, "clear deletes it");
 }

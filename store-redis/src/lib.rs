@@ -19,17 +19,30 @@
 //!
 //! **Expiry moves forward only.** `update` stores the later of the stored
 //! and the new expiry (in the header and the `PXAT`); `touch` only ever
-//! moves it later. `set` stores what it is given.
+//! moves it later. `set` stores what it is given. Whatever expiry `update`
+//! or `touch` leaves in the header, the key lives at least that long, even
+//! if another writer had given it a shorter TTL. Expiries and versions are
+//! compared and written exactly up to `i64::MAX` (the scripts never turn
+//! them into Lua's doubles).
+//!
+//! **Corrupt records.** A value under a session key that is not a record
+//! (no readable header, a version outside `1..=MAX_VERSION`, or a Redis
+//! type other than string) is [`Error::Decode`] naming the key for `get`,
+//! `update`, `touch` and `delete_if`, which leave it as it is; `clear`
+//! deletes it; `len` counts a corrupt string (as `get` reports it) but not
+//! a value of another type.
+//!
+//! Needs Redis 7.0 or later (`PEXPIREAT ... GT`).
 //!
 //! | operation | Redis | round trips |
 //! | --- | --- | --- |
 //! | `exists`, `has` | `EXISTS` | 1 |
-//! | `get`, `is_valid` | `GET` and `TIME`, pipelined | 1 |
+//! | `get`, `is_valid` | `GET` and `TIME`, pipelined (WRONGTYPE taken as an answer) | 1 |
 //! | `set` | `SET PXAT` | 1 |
 //! | `create` | `SET NX PXAT` | 1 |
 //! | `update` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `SET PXAT` the later expiry | 1 |
 //! | `delete_if` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `DEL` | 1 |
-//! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT` | 1 |
+//! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT`, else `PEXPIREAT GT` the header's expiry | 1 |
 //! | `delete` | `DEL` | 1 |
 //! | `flush` | nothing: Redis expires keys itself | 0 |
 //! | `clear` | `SCAN MATCH <prefix><64 hex digits>` + `UNLINK` per batch | 2 per 1000 keys |
@@ -72,7 +85,7 @@ use session_store::backend::{
 use session_store::time::OffsetDateTime;
 use session_store::{
     codec, unix_millis, BoxError, DeleteOutcome, Error, Result, Session, SessionId,
-    SessionInterface, UpdateOutcome,
+    SessionInterface, UpdateOutcome, MAX_VERSION,
 };
 
 pub use deadpool_redis;
@@ -85,38 +98,79 @@ const SCAN_BATCH: usize = 1000;
 /// Hex digits of a session id in a key (see [`SessionId::push_hex`]).
 const ID_HEX_LEN: usize = 64;
 
-/// Lua helpers every script starts with (Redis 7 runs Lua 5.1: no
-/// `string.unpack`, numbers are doubles, exact for any millisecond time).
+/// Lua helpers every script starts with. Redis 7 runs Lua 5.1: no
+/// `string.unpack`, and numbers are doubles, which cannot tell apart
+/// neighbouring integers above 2^53. So an i64 from a header is never made
+/// one number: it is kept as two exact 32-bit halves, compared half by half,
+/// and written out in decimal digit by digit, so versions and expiries up
+/// to `i64::MAX` compare and store exactly (strings are not compared with
+/// `<`, which Lua does by the server's collation locale).
 ///
-/// * `be64(s, at)`: the big-endian two's-complement i64 at byte `at` (1-based).
-/// * `now_ms()`: Redis's own clock (`TIME`), in Unix milliseconds.
+/// * `be64(s, at)`: the big-endian two's-complement i64 at byte `at`
+///   (1-based) as `{hi, lo}`: `hi` the signed upper half, `lo` the unsigned
+///   lower one.
+/// * `later(a, b)`: whether the pair `a` is greater than `b`.
+/// * `dec(s, at)`: the non-negative big-endian i64 at byte `at` in decimal,
+///   exactly (long division of the bytes by 10), for `PXAT`/`PEXPIREAT`.
+/// * `now_ms()`: Redis's own clock (`TIME`), in Unix milliseconds, as a pair.
+/// * `judge(h)`: `nil` when `h` (a value's first 25 bytes) is a readable
+///   record header with a version in `1..=i64::MAX`; otherwise the script's
+///   answer for it: -1 unreadable header, -2 version out of range.
 /// * `header(key)`: the record's 25-byte header; `nil` when the key is
-///   missing, `false` when the value is too short or of an unknown format
-///   (the caller reports it as undecodable rather than guessing).
+///   missing; `nil, code` when the value is no record: -1 or -2 as `judge`
+///   says, -3 when it is not a string (the caller reports each as
+///   undecodable rather than guessing).
 macro_rules! lua {
     ($body:literal) => {
         concat!(
             r"
 local function be64(s, at)
   local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(s, at, at + 7)
-  if b1 >= 128 then
-    return -((((((((255 - b1) * 256 + (255 - b2)) * 256 + (255 - b3)) * 256 + (255 - b4)) * 256
-      + (255 - b5)) * 256 + (255 - b6)) * 256 + (255 - b7)) * 256 + (255 - b8)) - 1
-  end
-  return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256 + b8
+  local hi = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+  if b1 >= 128 then hi = hi - 4294967296 end
+  return {hi, ((b5 * 256 + b6) * 256 + b7) * 256 + b8}
+end
+local function later(a, b)
+  return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2])
+end
+local function dec(s, at)
+  local b = {string.byte(s, at, at + 7)}
+  local digits = {}
+  repeat
+    local rest, more = 0, false
+    for i = 1, 8 do
+      local cur = rest * 256 + b[i]
+      b[i] = math.floor(cur / 10)
+      rest = cur - b[i] * 10
+      if b[i] ~= 0 then more = true end
+    end
+    digits[#digits + 1] = rest
+  until not more
+  return string.reverse(table.concat(digits))
 end
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local hi = math.floor(ms / 4294967296)
+  return {hi, ms - hi * 4294967296}
+end
+local function judge(h)
+  local f = string.byte(h, 1)
+  if string.len(h) < 25 or (f ~= 1 and f ~= 2) then return -1 end
+  if string.byte(h, 2) >= 128 or string.sub(h, 2, 9) == string.rep('\0', 8) then return -2 end
+  return nil
 end
 local function header(key)
-  local h = redis.call('GETRANGE', key, 0, 24)
-  if string.len(h) < 25 then
-    if h == '' and redis.call('EXISTS', key) == 0 then return nil end
-    return false
+  local h = redis.pcall('GETRANGE', key, 0, 24)
+  if type(h) ~= 'string' then
+    if type(h) == 'table' and type(h.err) == 'string' and string.sub(h.err, 1, 9) == 'WRONGTYPE' then
+      return nil, -3
+    end
+    error(h)
   end
-  local f = string.byte(h, 1)
-  if f ~= 1 and f ~= 2 then return false end
+  if h == '' and redis.call('EXISTS', key) == 0 then return nil end
+  local bad = judge(h)
+  if bad then return nil, bad end
   return h
 end
 ",
@@ -126,38 +180,40 @@ end
 }
 
 /// Compare-and-set. KEYS[1] the record; ARGV[1] the expected version (8
-/// bytes, as in the header); ARGV[2] the new record; ARGV[3] its expiry in
-/// Unix ms. Expired (by the header and Redis's clock) is gone whatever its
-/// version. The stored expiry is the later of the old and the new one, in
-/// the header (bytes 18..25) and the key's `PXAT` alike.
-/// 0 = gone, 1 = conflict, 2 = updated, -1 = unreadable header.
+/// bytes, as in the header); ARGV[2] the new record. Expired (by the header
+/// and Redis's clock) is gone whatever its version. The stored expiry is
+/// the later of the old and the new one, in the header (bytes 18..25) and
+/// the key's `PXAT` alike, so the key lives as long as the header says even
+/// if another writer had given it a shorter TTL.
+/// 0 = gone, 1 = conflict, 2 = updated, negative = not a record (see `header`).
 const UPDATE_LUA: &str = lua!(
     r"
-local h = header(KEYS[1])
+local h, bad = header(KEYS[1])
+if bad then return bad end
 if h == nil then return 0 end
-if h == false then return -1 end
 local stored = be64(h, 18)
-if stored <= now_ms() then return 0 end
+if not later(stored, now_ms()) then return 0 end
 if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
-if stored > tonumber(ARGV[3]) then
-  -- %d formats any real time exactly; the cap only tames a forged header.
-  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', string.format('%d', math.min(stored, 9007199254740991)))
+-- Both expiries are past now here, so positive: dec() applies.
+if later(stored, be64(ARGV[2], 18)) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', dec(h, 18))
   redis.call('SETRANGE', KEYS[1], 17, string.sub(h, 18, 25))
 else
-  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', dec(ARGV[2], 18))
 end
 return 2
 "
 );
 
 /// Compare-and-delete. KEYS[1] the record; ARGV[1] the expected version.
-/// 0 = gone (missing or expired), 1 = conflict, 2 = deleted, -1 = unreadable header.
+/// 0 = gone (missing or expired), 1 = conflict, 2 = deleted, negative =
+/// not a record (see `header`).
 const DELETE_IF_LUA: &str = lua!(
     r"
-local h = header(KEYS[1])
+local h, bad = header(KEYS[1])
+if bad then return bad end
 if h == nil then return 0 end
-if h == false then return -1 end
-if be64(h, 18) <= now_ms() then return 0 end
+if not later(be64(h, 18), now_ms()) then return 0 end
 if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
 redis.call('DEL', KEYS[1])
 return 2
@@ -165,39 +221,45 @@ return 2
 );
 
 /// Moves a live record's expiry forward only. KEYS[1] the record; ARGV[1]
-/// the new expiry as 8 header bytes; ARGV[2] the same in Unix ms. The value
-/// is patched in place (`SETRANGE` keeps the TTL), then the TTL follows.
-/// 0 = missing or expired, 1 = live, -1 = unreadable header.
+/// the new expiry as 8 header bytes. A later expiry is patched into the
+/// value in place (`SETRANGE` keeps the TTL) and the TTL follows it. An
+/// expiry no later than the header's leaves the header alone, but the key
+/// is still made to live at least as long as the header says (`GT` only
+/// ever lengthens a TTL, and writes nothing when it already does): a
+/// foreign writer may have given it a shorter TTL, and `true` promises the
+/// record lives to its expiry.
+/// 0 = missing or expired, 1 = live, negative = not a record (see `header`).
 const TOUCH_LUA: &str = lua!(
     r"
-local h = header(KEYS[1])
+local h, bad = header(KEYS[1])
+if bad then return bad end
 if h == nil then return 0 end
-if h == false then return -1 end
 local stored = be64(h, 18)
-if stored <= now_ms() then return 0 end
-if tonumber(ARGV[2]) > stored then
+if not later(stored, now_ms()) then return 0 end
+-- Both expiries are past now here, so positive: dec() applies.
+if later(be64(ARGV[1], 1), stored) then
   redis.call('SETRANGE', KEYS[1], 17, ARGV[1])
-  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+  redis.call('PEXPIREAT', KEYS[1], dec(ARGV[1], 1))
+else
+  redis.call('PEXPIREAT', KEYS[1], dec(h, 18), 'GT')
 end
 return 1
 "
 );
 
 /// How many of KEYS are not expired by their header (Redis's clock). A key
-/// that vanished since the `SCAN` reads as empty and is not counted; one
-/// whose value cannot be judged (not a record) is counted, as `get` reports
-/// it as an error rather than as absent.
+/// that vanished since the `SCAN` reads as empty and is not counted, nor is
+/// a value of another type (no session store writes one). A string that is
+/// no readable record is counted, as `get` reports it as an error rather
+/// than as absent.
 const COUNT_LIVE_LUA: &str = lua!(
     r"
 local now = now_ms()
 local n = 0
 for i = 1, #KEYS do
   local h = redis.pcall('GETRANGE', KEYS[i], 0, 24)
-  if type(h) ~= 'string' then
-    n = n + 1
-  elseif h ~= '' then
-    local f = string.byte(h, 1)
-    if string.len(h) < 25 or (f ~= 1 and f ~= 2) or be64(h, 18) > now then n = n + 1 end
+  if type(h) == 'string' and h ~= '' then
+    if judge(h) or later(be64(h, 18), now) then n = n + 1 end
   end
 end
 return n
@@ -518,10 +580,20 @@ fn pxat(expires_at_ms: i64) -> i64 {
     expires_at_ms.max(1)
 }
 
-/// What a script's -1 means: the stored value has no readable header.
-fn unreadable(key: String) -> Error {
-    Error::decode(key, "stored value has no readable record header")
+/// What a script's negative answer says of the value under `key` (see the
+/// `header` Lua helper); any other answer is not one the scripts give.
+fn not_a_record(key: String, code: i64) -> Error {
+    let reason = match code {
+        -1 => "stored value has no readable record header",
+        -2 => VERSION_OUT_OF_RANGE,
+        -3 => WRONG_TYPE,
+        _ => "unexpected answer from the store's script",
+    };
+    Error::decode(key, reason)
 }
+
+const VERSION_OUT_OF_RANGE: &str = "stored version is outside 1..=MAX_VERSION";
+const WRONG_TYPE: &str = "stored value is not a string (another Redis type)";
 
 #[async_trait]
 impl SessionInterface for RedisStore {
@@ -535,24 +607,47 @@ impl SessionInterface for RedisStore {
         let key = self.key(id);
         // `GET` and `TIME` pipelined: one round trip, and the record is
         // judged by Redis's clock like every other operation, not the app's.
-        let (bytes, (secs, micros)): (Option<Vec<u8>>, (i64, i64)) = self
+        // A value of another type answers `GET` with WRONGTYPE: a corrupt
+        // record, not a failed connection, so it is taken as an answer here
+        // (and the lane's connection kept) rather than failing the call.
+        let fetched: std::result::Result<(Option<Vec<u8>>, i64), ()> = self
             .run("get", |mut conn| {
                 let key = key.clone();
                 async move {
-                    redis::pipe()
-                        .cmd("GET")
-                        .arg(key)
-                        .cmd("TIME")
-                        .query_async(&mut conn)
-                        .await
+                    let (value, (secs, micros)): (redis::RedisResult<Option<Vec<u8>>>, (i64, i64)) =
+                        redis::pipe()
+                            .ignore_errors()
+                            .cmd("GET")
+                            .arg(key)
+                            .cmd("TIME")
+                            .query_async(&mut conn)
+                            .await?;
+                    let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+                    match value {
+                        Ok(bytes) => Ok(Ok((bytes, now_ms))),
+                        Err(e) if e.code() == Some("WRONGTYPE") => Ok(Err(())),
+                        Err(e) => Err(e),
+                    }
                 }
             })
             .await?;
+        let Ok((bytes, now_ms)) = fetched else {
+            return Err(Error::decode(key, WRONG_TYPE));
+        };
         let Some(bytes) = bytes else {
             return Ok(None);
         };
-        let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
-        if codec::header(&bytes, &key)?.expires_at_ms <= now_ms {
+        let header = codec::header(&bytes, &key)?;
+        if !(1..=MAX_VERSION).contains(&header.version) {
+            return Err(Error::decode(
+                key,
+                format!(
+                    "stored version {} is outside 1..=MAX_VERSION",
+                    header.version
+                ),
+            ));
+        }
+        if header.expires_at_ms <= now_ms {
             return Ok(None);
         }
         codec::decode(*id, &bytes, &key).map(Some)
@@ -616,7 +711,6 @@ impl SessionInterface for RedisStore {
         let version = next_version(id, expected_version)?;
         let key = self.key(&id);
         let bytes = codec::encode(session, version)?;
-        let expires_at = session.expires_at_millis();
         let script = &self.scripts.update;
         let outcome: i64 = self
             .run("update", |mut conn| {
@@ -626,7 +720,6 @@ impl SessionInterface for RedisStore {
                         .key(key)
                         .arg(&expected_version.to_be_bytes()[..])
                         .arg(bytes)
-                        .arg(expires_at)
                         .invoke_async(&mut conn)
                         .await
                 }
@@ -636,7 +729,7 @@ impl SessionInterface for RedisStore {
             2 => Ok(UpdateOutcome::Updated { version }),
             1 => Ok(UpdateOutcome::Conflict),
             0 => Ok(UpdateOutcome::Gone),
-            _ => Err(unreadable(key)),
+            code => Err(not_a_record(key, code)),
         }
     }
 
@@ -659,7 +752,7 @@ impl SessionInterface for RedisStore {
             2 => Ok(DeleteOutcome::Deleted),
             1 => Ok(DeleteOutcome::Conflict),
             0 => Ok(DeleteOutcome::Gone),
-            _ => Err(unreadable(key)),
+            code => Err(not_a_record(key, code)),
         }
     }
 
@@ -674,7 +767,6 @@ impl SessionInterface for RedisStore {
                     script
                         .key(key)
                         .arg(&expires_at_ms.to_be_bytes()[..])
-                        .arg(expires_at_ms)
                         .invoke_async(&mut conn)
                         .await
                 }
@@ -683,7 +775,7 @@ impl SessionInterface for RedisStore {
         match outcome {
             1 => Ok(true),
             0 => Ok(false),
-            _ => Err(unreadable(key)),
+            code => Err(not_a_record(key, code)),
         }
     }
 
