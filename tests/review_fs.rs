@@ -212,3 +212,51 @@ async fn touch_at_the_moment_of_expiry_agrees_with_get() {
         }
     }
 }
+
+// ---- findings of the review, fixed ----
+
+/// A stored header version outside 1..=MAX_VERSION is corrupt (the SQL
+/// stores report a negative version column as Error::Decode).
+#[tokio::test]
+async fn f_a_stored_version_out_of_range_is_a_decode_error() {
+    let root = Root::new();
+    let store = open(&root, Duration::from_secs(5)).await;
+    let s = session(60_000);
+    store.create(&s).await.unwrap();
+    std::fs::write(store.path_of(&s.id()), codec::encode(&s, u64::MAX).unwrap()).unwrap();
+    let got = store.get(&s.id()).await;
+    assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
+}
+
+/// A stored version outside 1..=MAX_VERSION: get, update, touch and
+/// delete_if report Error::Decode naming the file and leave it as it was.
+#[tokio::test]
+async fn f_every_operation_refuses_a_stored_version_out_of_range() {
+    let root = Root::new();
+    let store = open(&root, Duration::from_secs(5)).await;
+    let mut failures = Vec::new();
+    for version in [u64::MAX, 1 << 63, 0] {
+        let s = session(60_000);
+        let path = store.path_of(&s.id());
+        store.create(&s).await.unwrap();
+        let bytes = codec::encode(&s, version).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let far = from_unix_millis(now_millis() + 600_000);
+        let outcomes = [
+            format!("{:?}", store.get(&s.id()).await),
+            format!("{:?}", store.update(&s, 1).await),
+            format!("{:?}", store.touch(&s.id(), far).await),
+            format!("{:?}", store.delete_if(&s.id(), version).await),
+        ];
+        let name = path.display().to_string();
+        for outcome in outcomes {
+            if !outcome.starts_with("Err(Decode") || !outcome.contains(&name) {
+                failures.push(format!("version {version}: {outcome}"));
+            }
+        }
+        if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+            failures.push(format!("version {version}: file changed"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -14,6 +14,15 @@
 //! `.tmp-*` files being written. A file holds the [`codec`] envelope; its
 //! header's expiry is the stored expiry.
 //!
+//! ## Corrupt files
+//!
+//! A session file that is no record (an unreadable header, a version
+//! outside `1..=MAX_VERSION`, a corrupt body) is [`Error::Decode`] naming
+//! the file for `get`, and for `update`, `touch` and `delete_if` as far as
+//! they read it (the header), which then leave it as it is. `len` and
+//! `flush` go by the header alone: a file whose header is unreadable or out
+//! of range is neither counted nor flushed. `clear` deletes it.
+//!
 //! ## Clock
 //!
 //! Expiry is judged by this process's clock (the system clock), like the
@@ -81,7 +90,7 @@ use session_store::backend::{next_version, storable_version};
 use session_store::time::OffsetDateTime;
 use session_store::{
     codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
-    SessionInterface, UpdateOutcome,
+    SessionInterface, UpdateOutcome, MAX_VERSION,
 };
 
 const STORE: &str = "fs";
@@ -422,7 +431,26 @@ fn read_header(path: &Path) -> Result<Option<codec::Header>> {
             Err(e) => return Err(io_error("reading", path, e)),
         }
     }
-    codec::header(&header[..filled], &path.display().to_string()).map(Some)
+    record_header(&header[..filled], &path.display().to_string()).map(Some)
+}
+
+/// The header of a record, refusing a version outside `1..=MAX_VERSION` as
+/// [`Error::Decode`] naming `origin`: no store writes one, so the file is
+/// corrupt, and taking it at its word would let `update` and `delete_if`
+/// act on a version no caller can hold.
+fn record_header(bytes: &[u8], origin: &str) -> Result<codec::Header> {
+    let header = codec::header(bytes, origin)?;
+    if (1..=MAX_VERSION).contains(&header.version) {
+        Ok(header)
+    } else {
+        Err(Error::decode(
+            origin,
+            format!(
+                "stored version {} is outside 1..={MAX_VERSION}",
+                header.version
+            ),
+        ))
+    }
 }
 
 /// Writes a complete (and, with `sync`, durable) temporary file in the
@@ -556,7 +584,9 @@ impl SessionInterface for FsStore {
             let Some(bytes) = read_file(path)? else {
                 return Ok(None);
             };
-            let session = codec::decode(id, &bytes, &path.display().to_string())?;
+            let origin = path.display().to_string();
+            record_header(&bytes, &origin)?;
+            let session = codec::decode(id, &bytes, &origin)?;
             Ok((!session.is_expired()).then_some(session))
         })
         .await
@@ -692,7 +722,7 @@ impl SessionInterface for FsStore {
                 return Ok(false);
             };
             let origin = path.display().to_string();
-            let stored = codec::header(&bytes, &origin)?.expires_at_ms;
+            let stored = record_header(&bytes, &origin)?.expires_at_ms;
             if stored <= now_millis() {
                 return Ok(false);
             }
