@@ -7,8 +7,7 @@
 //! the 32-byte id, primary key), `record` (`bytea`, the core's encoded
 //! record), `expires_at` (`bigint` Unix ms, indexed), `version` (`bigint`).
 //! [`PostgresStore::migrate`] creates or upgrades it. Every operation is one
-//! statement (`flush` and `clear`: one a batch); a failed `update` pays one
-//! more to tell `Conflict` from `Gone`.
+//! statement (`flush` and `clear`: one a batch).
 //!
 //! **Clock.** Expiry is judged by the PostgreSQL server's clock
 //! (`clock_timestamp()`, in Unix milliseconds) in every statement that asks
@@ -16,7 +15,10 @@
 //! and for the cutoff of `flush`, never by the app's clock: app servers
 //! whose clocks disagree still agree on what has expired. The expiries
 //! stored are the app's (`Session::expires_at`), so a skewed app clock moves
-//! the expiries it writes, not the judgement of them.
+//! the expiries it writes, not the judgement of them. The statements that
+//! write a live record (`update`, `delete_if`, `touch`) lock its row first
+//! and read the clock only once they hold it, so one that waited for a
+//! concurrent writer past the record's expiry finds it expired.
 //!
 //! `update` and `touch` never move a stored expiry earlier
 //! (`GREATEST(expires_at, $new)`); `get` reports the `expires_at` column,
@@ -62,11 +64,37 @@ const STORE: &str = "postgres";
 /// `now()` is frozen at the start of the transaction.
 const NOW: &str = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)";
 
+/// The server's clock in Unix milliseconds, read where the expression is
+/// evaluated. Statements that lock a row judge its expiry with this, in a
+/// query level above the one that takes the lock: an expression in the
+/// locking `SELECT` itself (or an uncorrelated subquery) may be evaluated
+/// before the wait for a concurrent holder of the lock, and PostgreSQL does
+/// not evaluate it again when that holder commits without changing the row,
+/// so a record that expired during the wait would be judged live.
+const CLOCK: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 /// Rows deleted per statement in `flush` and `clear`, so no statement holds
 /// row locks for long.
 const DELETE_BATCH: i64 = 1000;
 
-/// Versioned DDL: each step runs once, in order, recorded in `<table>_migrations`.
+/// The table, shared by every store in one schema, that records which
+/// migrations ran on which session table (`table_name`, `version`,
+/// `applied_at`). Like every name this crate derives (see
+/// [`MAX_TABLE_NAME_LEN`]), it holds a `$`, which no table name may, so it
+/// can never be, or be taken by, another store's session table.
+pub const MIGRATIONS_TABLE: &str = "session_store$migrations";
+
+/// Suffix of the expiry index's name, `<table>$expires_at`.
+const INDEX_SUFFIX: &str = "$expires_at";
+
+/// The longest table name accepted, in bytes: PostgreSQL cuts identifiers
+/// to 63 bytes, and the index name `<table>$expires_at` must fit whole (cut
+/// short, it would name the table itself).
+pub const MAX_TABLE_NAME_LEN: usize = 63 - INDEX_SUFFIX.len();
+
+/// Versioned DDL: each step runs once, in order, recorded in
+/// [`MIGRATIONS_TABLE`]. `{t}` is the (qualified) table, `{index}` the
+/// quoted index name.
 ///
 /// `fillfactor = 70` leaves room on each page so that saves, which rewrite a
 /// row without changing its indexed columns, stay heap-only (HOT) updates
@@ -80,7 +108,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             expires_at bigint NOT NULL,
             version bigint NOT NULL
         ) WITH (fillfactor = 70)",
-        "CREATE INDEX IF NOT EXISTS {i}_expires_at ON {t} (expires_at)",
+        "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)",
     ],
 )];
 
@@ -91,7 +119,8 @@ pub struct PostgresConfig {
     pub url: String,
     /// Schema of the table (default none: the search path, usually `public`).
     pub schema: Option<String>,
-    /// Table name (default `sessions`): a plain SQL identifier.
+    /// Table name (default `sessions`): a plain SQL identifier of at most
+    /// [`MAX_TABLE_NAME_LEN`] bytes.
     pub table: String,
     /// Most pooled connections (default 16).
     pub pool_size: u32,
@@ -123,7 +152,6 @@ struct Queries {
     create: String,
     update: String,
     delete_if: String,
-    state: String,
     touch: String,
     now: String,
     flush: String,
@@ -148,28 +176,45 @@ impl Queries {
                 "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (id) DO NOTHING"
             ),
+            // Each of these locks the row first (`cur`), then judges its
+            // expiry by the clock read after the lock is held (`judged`, a
+            // level above the lock; see `CLOCK`), so an operation that waited
+            // for a concurrent writer acts on that writer's result and on the
+            // time it got the row, and one that waited past the expiry does
+            // not revive the record. `live` and `version` are those of the
+            // newest committed version of the row, and the write acts on
+            // exactly what was judged.
             update: format!(
-                "UPDATE {t} SET record = $2, expires_at = GREATEST(expires_at, $3), version = $4
-                 WHERE id = $1 AND version = $5 AND expires_at > {NOW}"
-            ),
-            // The row is locked first, so `live` and `version` are those of its
-            // newest committed version (a concurrent save or delete is waited
-            // for, not missed), and the delete acts on exactly what was read.
-            delete_if: format!(
-                "WITH cur AS (
-                     SELECT id, version, expires_at > {NOW} AS live FROM {t} WHERE id = $1 FOR UPDATE
-                 ), gone AS (
-                     DELETE FROM {t} AS s USING cur
-                     WHERE s.id = cur.id AND cur.live AND cur.version = $2 RETURNING 1
+                "WITH cur AS MATERIALIZED (
+                     SELECT id, version, expires_at FROM {t} WHERE id = $1 FOR UPDATE
+                 ), judged AS MATERIALIZED (
+                     SELECT id, version, expires_at > {CLOCK} AS live FROM cur
+                 ), saved AS (
+                     UPDATE {t} AS s SET record = $2, expires_at = GREATEST(s.expires_at, $3), version = $4
+                     FROM judged WHERE s.id = judged.id AND judged.live AND judged.version = $5
+                     RETURNING 1
                  )
-                 SELECT COALESCE((SELECT live FROM cur), false), EXISTS(SELECT 1 FROM gone)"
+                 SELECT COALESCE((SELECT live FROM judged), false), EXISTS(SELECT 1 FROM saved)"
             ),
-            state: format!(
-                "SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1 AND expires_at > {NOW})"
+            delete_if: format!(
+                "WITH cur AS MATERIALIZED (
+                     SELECT id, version, expires_at FROM {t} WHERE id = $1 FOR UPDATE
+                 ), judged AS MATERIALIZED (
+                     SELECT id, version, expires_at > {CLOCK} AS live FROM cur
+                 ), gone AS (
+                     DELETE FROM {t} AS s USING judged
+                     WHERE s.id = judged.id AND judged.live AND judged.version = $2 RETURNING 1
+                 )
+                 SELECT COALESCE((SELECT live FROM judged), false), EXISTS(SELECT 1 FROM gone)"
             ),
             touch: format!(
-                "UPDATE {t} SET expires_at = GREATEST(expires_at, $2)
-                 WHERE id = $1 AND expires_at > {NOW}"
+                "WITH cur AS MATERIALIZED (
+                     SELECT id, expires_at FROM {t} WHERE id = $1 FOR UPDATE
+                 ), judged AS MATERIALIZED (
+                     SELECT id, expires_at > {CLOCK} AS live FROM cur
+                 )
+                 UPDATE {t} AS s SET expires_at = GREATEST(s.expires_at, $2)
+                 FROM judged WHERE s.id = judged.id AND judged.live"
             ),
             now: format!("SELECT {NOW}"),
             // A batch reports how many rows it found as well as how many it
@@ -205,6 +250,9 @@ impl Queries {
 pub struct PostgresStore {
     pool: PgPool,
     schema: Option<String>,
+    /// The table name as PostgreSQL stores it (unquoted names fold to lower
+    /// case): the key of this table's rows in [`MIGRATIONS_TABLE`].
+    name: String,
     qualified: String,
     address: String,
     operation_timeout: Duration,
@@ -246,6 +294,12 @@ impl PostgresStore {
     /// A store over a pool you already have.
     pub fn new(pool: PgPool, schema: Option<&str>, table: &str) -> Result<Self> {
         check_sql_identifier("table name", table)?;
+        if table.len() > MAX_TABLE_NAME_LEN {
+            return Err(Error::Config(format!(
+                "table name {table:?} is {} bytes; PostgreSQL session tables are limited to {MAX_TABLE_NAME_LEN} bytes so that the index name {table}{INDEX_SUFFIX} fits PostgreSQL's 63-byte identifiers",
+                table.len()
+            )));
+        }
         if let Some(schema) = schema {
             check_sql_identifier("schema name", schema)?;
         }
@@ -257,6 +311,7 @@ impl PostgresStore {
             sql: Queries::new(&qualified),
             pool,
             schema: schema.map(str::to_owned),
+            name: table.to_ascii_lowercase(),
             qualified,
             address: "postgres (pool)".into(),
             operation_timeout: Duration::from_secs(5),
@@ -276,21 +331,55 @@ impl PostgresStore {
     /// Creates (or upgrades) the schema, the table and its index,
     /// idempotently. Safe to run twice or from two processes at once: the
     /// steps run in one transaction under a transaction-scoped advisory lock.
+    ///
+    /// A table migrated by an earlier version of this crate, which kept its
+    /// record in a table `<table>_migrations` and named its index
+    /// `<schema>_<table>_expires_at`, is adopted: its record moves to
+    /// [`MIGRATIONS_TABLE`], the index is renamed, its sessions stay.
     pub async fn migrate(&self) -> Result<()> {
         let work = async {
             let mut tx = self.pool.begin().await?;
-            migrate_steps(&mut tx, self.schema.as_deref(), &self.qualified).await?;
+            migrate_steps(&mut tx, self).await?;
             tx.commit().await
         };
         self.run("migrate", work).await
     }
 
-    /// Drops the table and its migration record (for tests and teardown).
+    /// Drops the table (with its index) and its rows in
+    /// [`MIGRATIONS_TABLE`], and nothing else (for tests and teardown).
     pub async fn drop_table(&self) -> Result<()> {
-        let t = &self.qualified;
-        let ddl = format!("DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {t}_migrations;");
-        let work = sqlx::raw_sql(&ddl).execute(&self.pool);
-        self.run("drop table", work).await.map(drop)
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.qualified))
+                .execute(&mut *tx)
+                .await?;
+            let migrations = self.migrations_table();
+            let recorded: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(&migrations)
+                .fetch_one(&mut *tx)
+                .await?;
+            if recorded {
+                sqlx::query(&format!("DELETE FROM {migrations} WHERE table_name = $1"))
+                    .bind(&self.name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        };
+        self.run("drop table", work).await
+    }
+
+    /// [`MIGRATIONS_TABLE`], quoted and in this store's schema.
+    fn migrations_table(&self) -> String {
+        self.qualify(&format!("\"{MIGRATIONS_TABLE}\""))
+    }
+
+    /// `name` in this store's schema (or unqualified, on the search path).
+    fn qualify(&self, name: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!("{schema}.{name}"),
+            None => name.to_owned(),
+        }
     }
 
     fn context(&self, what: &str) -> String {
@@ -314,45 +403,61 @@ impl PostgresStore {
     }
 }
 
+/// PostgreSQL's cut of an identifier to 63 bytes (names here are ASCII).
+fn pg_identifier(name: &str) -> &str {
+    &name[..name.len().min(63)]
+}
+
 /// Applies the migrations not yet recorded, inside the caller's transaction.
 async fn migrate_steps(
     conn: &mut PgConnection,
-    schema: Option<&str>,
-    t: &str,
+    store: &PostgresStore,
 ) -> std::result::Result<(), sqlx::Error> {
+    let t = &store.qualified;
     // One lock for every session-store migration: schema creation races
     // too, and migrations are rare.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind("session-store migrate")
         .execute(&mut *conn)
         .await?;
-    if let Some(schema) = schema {
+    if let Some(schema) = &store.schema {
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
             .execute(&mut *conn)
             .await?;
     }
+    let migrations = store.migrations_table();
     sqlx::query(&format!(
-        "CREATE TABLE IF NOT EXISTS {t}_migrations (version bigint PRIMARY KEY, applied_at bigint NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS {migrations} (
+            table_name text NOT NULL,
+            version bigint NOT NULL,
+            applied_at bigint NOT NULL,
+            PRIMARY KEY (table_name, version)
+        )"
     ))
     .execute(&mut *conn)
     .await?;
-    let done: i64 = sqlx::query_scalar(&format!(
-        "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations"
+    let mut done: i64 = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(MAX(version), 0) FROM {migrations} WHERE table_name = $1"
     ))
+    .bind(&store.name)
     .fetch_one(&mut *conn)
     .await?;
-    let index = t.replace('.', "_");
+    let index = format!("\"{}{INDEX_SUFFIX}\"", store.name);
+    if done == 0 {
+        done = adopt_legacy(conn, store, &migrations, &index).await?;
+    }
     for (version, statements) in MIGRATIONS {
         if *version <= done {
             continue;
         }
         for ddl in *statements {
-            let ddl = ddl.replace("{t}", t).replace("{i}", &index);
+            let ddl = ddl.replace("{t}", t).replace("{index}", &index);
             sqlx::query(&ddl).execute(&mut *conn).await?;
         }
         sqlx::query(&format!(
-            "INSERT INTO {t}_migrations (version, applied_at) VALUES ($1, $2)"
+            "INSERT INTO {migrations} (table_name, version, applied_at) VALUES ($1, $2, $3)"
         ))
+        .bind(&store.name)
         .bind(version)
         .bind(now_millis())
         .execute(&mut *conn)
@@ -360,6 +465,87 @@ async fn migrate_steps(
         tracing::info!(table = %t, version, "session table migrated");
     }
     Ok(())
+}
+
+/// Adopts a table migrated by an earlier version of this crate, which
+/// recorded its migrations in `<table>_migrations` (columns `version` and
+/// `applied_at`) and named its index `<schema>_<table>_expires_at`; returns
+/// the version it had reached (0 when there is nothing to adopt).
+///
+/// A table of that name is taken for such a record only by its shape: it may
+/// as well be the session table of a store named `<table>_migrations`,
+/// which is left alone. The record moves to [`MIGRATIONS_TABLE`] and its old
+/// table is dropped, freeing the name for a store that wants it; the index,
+/// found by name among this table's own indexes only, is renamed for the
+/// same reason.
+async fn adopt_legacy(
+    conn: &mut PgConnection,
+    store: &PostgresStore,
+    migrations: &str,
+    index: &str,
+) -> std::result::Result<i64, sqlx::Error> {
+    let legacy = store.qualify(pg_identifier(&format!("{}_migrations", store.name)));
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute
+         WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+         ORDER BY attname",
+    )
+    .bind(&legacy)
+    .fetch_all(&mut *conn)
+    .await?;
+    if columns != ["applied_at", "version"] {
+        return Ok(0);
+    }
+    let table_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&store.qualified)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut done = 0;
+    if table_exists {
+        done = sqlx::query_scalar(&format!("SELECT COALESCE(MAX(version), 0) FROM {legacy}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {migrations} (table_name, version, applied_at)
+             SELECT $1, version, applied_at FROM {legacy} ON CONFLICT DO NOTHING"
+        ))
+        .bind(&store.name)
+        .execute(&mut *conn)
+        .await?;
+        let old_index = pg_identifier(&format!(
+            "{}_expires_at",
+            store.qualified.replace('.', "_").to_ascii_lowercase()
+        ))
+        .to_owned();
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE i.indrelid = to_regclass($1) AND c.relname = $2",
+        )
+        .bind(&store.qualified)
+        .bind(&old_index)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(old) = found {
+            sqlx::query(&format!("ALTER INDEX {old} RENAME TO {index}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        // Whatever became of the old index, the table has one now.
+        sqlx::query(&format!(
+            "CREATE INDEX IF NOT EXISTS {index} ON {} (expires_at)",
+            store.qualified
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    // Without its table the record is stale (the table was dropped by hand).
+    sqlx::query(&format!("DROP TABLE {legacy}"))
+        .execute(&mut *conn)
+        .await?;
+    tracing::info!(table = %store.qualified, version = done, "adopted the migration record of an earlier version");
+    Ok(done)
 }
 
 #[async_trait]
@@ -436,27 +622,17 @@ impl SessionInterface for PostgresStore {
         let record = codec::encode(session, version)?;
         let id = session.id();
         let id = &id.as_bytes()[..];
-        let q = sqlx::query(&self.sql.update)
+        let q = sqlx::query_as::<_, (bool, bool)>(&self.sql.update)
             .bind(id)
             .bind(record)
             .bind(session.expires_at_millis())
             .bind(version as i64)
             .bind(expected_version as i64);
-        if self
-            .run("update", q.execute(&self.pool))
-            .await?
-            .rows_affected()
-            == 1
-        {
-            return Ok(UpdateOutcome::Updated { version });
-        }
-        // Only a failed save pays this second statement: live means Conflict.
-        let q = sqlx::query_scalar(&self.sql.state).bind(id);
-        let live: bool = self.run("update", q.fetch_one(&self.pool)).await?;
-        Ok(if live {
-            UpdateOutcome::Conflict
-        } else {
-            UpdateOutcome::Gone
+        let (live, saved) = self.run("update", q.fetch_one(&self.pool)).await?;
+        Ok(match (live, saved) {
+            (_, true) => UpdateOutcome::Updated { version },
+            (true, false) => UpdateOutcome::Conflict,
+            (false, false) => UpdateOutcome::Gone,
         })
     }
 

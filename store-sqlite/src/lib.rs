@@ -18,10 +18,12 @@
 //!   A WAL file that grew is cut back to 64 MiB when it is reused.
 //! - A save that keeps the expiry leaves `expires_at` out of its `UPDATE`,
 //!   so SQLite need not rewrite the index entry.
-//! - **Clock:** expiry is judged by this process's clock (`now_millis`), as
-//!   for every in-process store: the database is a local file, so there is
-//!   no server clock to defer to. Processes sharing one file should keep
-//!   their clocks in step.
+//! - **Clock:** expiry is judged by this machine's clock, as for every
+//!   in-process store: the database is a local file, so there is no server
+//!   clock to defer to. Reads bind `now_millis`; writes that need a live
+//!   record (`update`, `delete_if`, `touch`) let SQLite read the same OS
+//!   clock once they hold the write lock, so one that waited for another
+//!   connection past a record's expiry does not revive it.
 //! - `update` and `touch` never move a stored expiry earlier
 //!   (`MAX(expires_at, ?)`); `get` reports the `expires_at` column, which is
 //!   authoritative over the expiry inside the encoded record.
@@ -68,6 +70,15 @@ const STORE: &str = "sqlite";
 /// Rows deleted per statement in `flush` and `clear`, so no statement holds
 /// the write lock for long.
 const DELETE_BATCH: i64 = 1000;
+
+/// The OS clock in Unix milliseconds, read by SQLite inside the statement
+/// (`'now'` is fixed for one statement at its first use). A writing
+/// statement takes SQLite's write lock before it evaluates anything, so
+/// this is the time it got the lock, not the time it started waiting for
+/// it: one that waited for another connection past a record's expiry
+/// finds the record expired instead of reviving it. `julianday` counts
+/// whole milliseconds; `ROUND` undoes the floating-point error of scaling.
+const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)";
 
 /// Versioned DDL: each step runs once, in order, recorded in `<table>_migrations`.
 const MIGRATIONS: &[(i64, &[&str])] = &[(
@@ -150,18 +161,20 @@ impl Queries {
             ),
             update_same_expiry: format!(
                 "UPDATE {t} SET record = ?2, version = ?4
-                 WHERE id = ?1 AND version = ?5 AND expires_at > ?6 AND expires_at >= ?3"
+                 WHERE id = ?1 AND version = ?5 AND expires_at > {NOW} AND expires_at >= ?3"
             ),
             update: format!(
                 "UPDATE {t} SET record = ?2, expires_at = MAX(expires_at, ?3), version = ?4
-                 WHERE id = ?1 AND version = ?5 AND expires_at > ?6"
+                 WHERE id = ?1 AND version = ?5 AND expires_at > {NOW}"
             ),
             delete_if: format!(
-                "DELETE FROM {t} WHERE id = ?1 AND version = ?2 AND expires_at > ?3"
+                "DELETE FROM {t} WHERE id = ?1 AND version = ?2 AND expires_at > {NOW}"
             ),
-            state: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = ?1 AND expires_at > ?2)"),
+            state: format!(
+                "SELECT EXISTS(SELECT 1 FROM {t} WHERE id = ?1 AND expires_at > {NOW})"
+            ),
             touch: format!(
-                "UPDATE {t} SET expires_at = MAX(expires_at, ?2) WHERE id = ?1 AND expires_at > ?3"
+                "UPDATE {t} SET expires_at = MAX(expires_at, ?2) WHERE id = ?1 AND expires_at > {NOW}"
             ),
             // The outer expiry check is redundant in SQLite, where the whole
             // statement holds the write lock, but keeps the statement right
@@ -332,11 +345,9 @@ impl SqliteStore {
         &self,
         conn: &mut SqliteConnection,
         id: &[u8],
-        now: i64,
     ) -> std::result::Result<bool, sqlx::Error> {
         sqlx::query_scalar(&self.sql.state)
             .bind(id)
-            .bind(now)
             .fetch_one(conn)
             .await
     }
@@ -500,7 +511,6 @@ impl SessionInterface for SqliteStore {
         let id = session.id();
         let id = &id.as_bytes()[..];
         let expires_at = session.expires_at_millis();
-        let now = now_millis();
         let work = async {
             let mut conn = self.writer.lock().await;
             // Most saves keep the expiry (or bring one no later than the
@@ -515,7 +525,6 @@ impl SessionInterface for SqliteStore {
                     .bind(expires_at)
                     .bind(version)
                     .bind(expected)
-                    .bind(now)
                     .execute(&mut *conn)
                     .await?;
                 if done.rows_affected() == 1 {
@@ -523,7 +532,7 @@ impl SessionInterface for SqliteStore {
                 }
             }
             // Only a failed save pays this: live means Conflict.
-            Ok(if self.is_live(&mut conn, id, now).await? {
+            Ok(if self.is_live(&mut conn, id).await? {
                 UpdateOutcome::Conflict
             } else {
                 UpdateOutcome::Gone
@@ -536,7 +545,6 @@ impl SessionInterface for SqliteStore {
         // A version no record can hold binds as NULL, which equals nothing.
         let expected = i64::try_from(expected_version).ok();
         let id = &id.as_bytes()[..];
-        let now = now_millis();
         // Both statements run under the writer lock, so no other write of
         // this store comes between the delete and the look that explains a
         // miss; the delete itself is one statement, atomic for any process.
@@ -545,13 +553,12 @@ impl SessionInterface for SqliteStore {
             let done = sqlx::query(&self.sql.delete_if)
                 .bind(id)
                 .bind(expected)
-                .bind(now)
                 .execute(&mut *conn)
                 .await?;
             if done.rows_affected() == 1 {
                 return Ok(DeleteOutcome::Deleted);
             }
-            Ok(if self.is_live(&mut conn, id, now).await? {
+            Ok(if self.is_live(&mut conn, id).await? {
                 DeleteOutcome::Conflict
             } else {
                 DeleteOutcome::Gone
@@ -563,8 +570,7 @@ impl SessionInterface for SqliteStore {
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
         let q = sqlx::query(&self.sql.touch)
             .bind(&id.as_bytes()[..])
-            .bind(unix_millis(expires_at))
-            .bind(now_millis());
+            .bind(unix_millis(expires_at));
         Ok(self.write("touch", q).await?.rows_affected() == 1)
     }
 
