@@ -17,6 +17,10 @@ fn session(ttl_ms: i64) -> Session {
     s
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// update with an earlier expiry after touch keeps the touched expiry, and
 /// returns the new body (data, write ids) whole.
 async fn update_after_touch_keeps_the_later_expiry(store: &dyn SessionInterface) {
@@ -48,12 +52,13 @@ mod postgres {
     use std::time::Duration;
 
     use server_session::postgres::sqlx;
+    use server_session::postgres::{MAX_TABLE_NAME_LEN, MIGRATIONS_TABLE};
     use server_session::{
         codec, from_unix_millis, now_millis, DeleteOutcome, Error, PostgresConfig, PostgresStore,
         SessionInterface, UpdateOutcome,
     };
 
-    use super::{common, session};
+    use super::{common, hex, session};
 
     const SCHEMA: &str = "session_review";
 
@@ -253,16 +258,225 @@ mod postgres {
         }
         store.drop_table().await.unwrap();
     }
+
+    /// An operation that waited for another connection's row lock until
+    /// the record expired must judge expiry after the wait: touch false,
+    /// update Gone, delete_if Gone, and the record stays expired (a reader
+    /// already saw it expired while the operation waited).
+    #[tokio::test]
+    async fn operations_that_waited_past_the_expiry_do_not_revive() {
+        let Some(store) = fresh().await else { return };
+        let store = Arc::new(store);
+        let mut failures = Vec::new();
+        for op in ["touch", "update", "delete_if"] {
+            let s = session(400);
+            store.create(&s).await.unwrap();
+            let mut tx = store.pool().begin().await.unwrap();
+            sqlx::query(&format!(
+                "SELECT 1 FROM {} WHERE id = '\\x{}'::bytea FOR UPDATE",
+                store.table(),
+                hex(&s.id().as_bytes()[..])
+            ))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            let waiting = tokio::spawn({
+                let (store, s) = (store.clone(), s.clone());
+                async move {
+                    let later = now_millis() + 3_600_000;
+                    match op {
+                        "touch" => format!(
+                            "{:?}",
+                            store.touch(&s.id(), from_unix_millis(later)).await.unwrap()
+                        ),
+                        "update" => {
+                            let mut next = s.clone();
+                            next.set_expires_at_millis(later);
+                            format!("{:?}", store.update(&next, 1).await.unwrap())
+                        }
+                        _ => format!("{:?}", store.delete_if(&s.id(), 1).await.unwrap()),
+                    }
+                }
+            });
+            until_blocked(&store).await;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let seen = store.get(&s.id()).await.unwrap();
+            assert!(seen.is_none(), "{op}: expired while it waited");
+            tx.commit().await.unwrap();
+            let outcome = waiting.await.unwrap();
+            let after = store.get(&s.id()).await.unwrap();
+            let expected = match op {
+                "touch" => "false",
+                _ => "Gone",
+            };
+            if outcome != expected || after.is_some() {
+                failures.push(format!(
+                    "{op}: answered {outcome} (expected {expected}); record live afterwards: {}",
+                    after.is_some()
+                ));
+            }
+        }
+        store.drop_table().await.unwrap();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// A store whose table is named like another store's helper objects
+    /// (its old migration table `<t>_migrations`, its old index name
+    /// `<schema>_<t>_expires_at`, its index `<t>$expires_at` is no
+    /// identifier) is a separate namespace: migrating `<t>` must neither
+    /// break it nor be broken by it, and dropping `<t>` must not drop the
+    /// other store's sessions.
+    #[tokio::test]
+    async fn a_table_named_like_another_stores_helpers_is_its_own_namespace() {
+        let mut failures = Vec::new();
+        for suffix in ["_migrations", "_expires_at"] {
+            let base = common::unique("r_");
+            let other = match suffix {
+                "_migrations" => format!("{base}_migrations"),
+                _ => format!("{SCHEMA}_{base}_expires_at"),
+            };
+            let Some(b) = store_named(Some(SCHEMA), other.clone()).await else {
+                return;
+            };
+            b.migrate().await.unwrap();
+            let sb = session(60_000);
+            b.create(&sb).await.unwrap();
+            let Some(a) = store_named(Some(SCHEMA), base).await else {
+                return;
+            };
+            let migrated = a.migrate().await;
+            let sa = session(60_000);
+            let created = a.create(&sa).await;
+            let dropped = a.drop_table().await;
+            let b_kept = b.get(&sb.id()).await;
+            let b_again = b.migrate().await;
+            let _ = b.drop_table().await;
+            if !(migrated.is_ok()
+                && created.is_ok()
+                && dropped.is_ok()
+                && matches!(b_kept, Ok(Some(_)))
+                && b_again.is_ok())
+            {
+                failures.push(format!(
+                    "{other}: migrate: {migrated:?}\ncreate after migrate: {created:?}\ndrop: {dropped:?}\nthe other store's session after drop_table: {b_kept:?}\nthe other store migrated again: {b_again:?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// PostgreSQL cuts identifiers to 63 bytes, so a table name must leave
+    /// room for its index's suffix: the longest name accepted migrates and
+    /// works, one byte more is `Error::Config` naming the limit.
+    #[tokio::test]
+    async fn the_longest_table_name_migrates_and_one_more_byte_is_refused() {
+        let mut table = common::unique("r_");
+        while table.len() < MAX_TABLE_NAME_LEN {
+            table.push('x');
+        }
+        let Some(store) = store_named(Some(SCHEMA), table.clone()).await else {
+            return;
+        };
+        let migrated = store.migrate().await;
+        let s = session(60_000);
+        let created = store.create(&s).await;
+        let got = store.get(&s.id()).await;
+        let _ = store.drop_table().await;
+        assert!(migrated.is_ok(), "migrate: {migrated:?}");
+        assert!(created.is_ok(), "create: {created:?}");
+        assert!(matches!(got, Ok(Some(_))), "get: {got:?}");
+
+        table.push('x');
+        let url = common::database_url();
+        let too_long = PostgresStore::connect_with(PostgresConfig {
+            schema: Some(SCHEMA.into()),
+            table: table.clone(),
+            ..PostgresConfig::new(url)
+        })
+        .await;
+        match too_long {
+            Err(Error::Config(message)) => assert!(
+                message.contains(&MAX_TABLE_NAME_LEN.to_string()) && message.contains(&table),
+                "{message}"
+            ),
+            other => panic!("a {}-byte table name: {other:?}", table.len()),
+        }
+    }
+
+    /// A table migrated by the earlier layout (record in `<t>_migrations`,
+    /// index `<schema>_<t>_expires_at`), built here by hand, is adopted:
+    /// its sessions stay, the old record and index name are gone (freeing
+    /// both names for other stores), and migrating again changes nothing.
+    #[tokio::test]
+    async fn a_table_of_the_earlier_layout_is_adopted_with_its_sessions() {
+        let base = common::unique("r_");
+        let Some(store) = store_named(Some(SCHEMA), base.clone()).await else {
+            return;
+        };
+        let t = store.table().to_owned();
+        sqlx::raw_sql(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+             CREATE TABLE {t}_migrations (version bigint PRIMARY KEY, applied_at bigint NOT NULL);
+             INSERT INTO {t}_migrations VALUES (1, 0);
+             CREATE TABLE {t} (id bytea PRIMARY KEY, record bytea NOT NULL,
+                 expires_at bigint NOT NULL, version bigint NOT NULL) WITH (fillfactor = 70);
+             CREATE INDEX {SCHEMA}_{base}_expires_at ON {t} (expires_at);"
+        ))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let s = session(60_000);
+        store.create(&s).await.unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        assert!(store.get(&s.id()).await.unwrap().is_some(), "session lost");
+        let exists = |name: String| {
+            let pool = store.pool().clone();
+            async move {
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(name)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(!exists(format!("{t}_migrations")).await, "old record kept");
+        assert!(
+            !exists(format!("{SCHEMA}.{SCHEMA}_{base}_expires_at")).await,
+            "old index name kept"
+        );
+        assert!(exists(format!("{SCHEMA}.\"{base}$expires_at\"")).await);
+        let recorded: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT version FROM {SCHEMA}.\"{MIGRATIONS_TABLE}\" WHERE table_name = $1"
+        ))
+        .bind(&base)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(recorded, [1]);
+        // The freed name is now free for a store of its own.
+        let Some(other) = store_named(Some(SCHEMA), format!("{base}_migrations")).await else {
+            return;
+        };
+        other.migrate().await.unwrap();
+        other.create(&session(60_000)).await.unwrap();
+        store.drop_table().await.unwrap();
+        assert_eq!(other.len().await.unwrap(), 1);
+        other.drop_table().await.unwrap();
+    }
 }
 
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use std::path::PathBuf;
     use std::sync::Arc;
+    use std::time::Duration;
 
     use server_session::sqlite::sqlx::{self, Connection as _};
+    use server_session::sqlite::MIGRATIONS_TABLE;
     use server_session::{
-        codec, DeleteOutcome, Error, SessionInterface, SqliteConfig, SqliteStore, UpdateOutcome,
+        codec, from_unix_millis, now_millis, DeleteOutcome, Error, SessionInterface, SqliteConfig,
+        SqliteStore, UpdateOutcome,
     };
 
     use super::{common, session};
@@ -402,5 +616,168 @@ mod sqlite {
             }
             assert_eq!(wins, 1, "round {round}");
         }
+    }
+
+    /// An operation that waited for another process's write lock until the
+    /// record expired judges expiry after the wait: touch false, update
+    /// Gone, and the record stays expired.
+    #[tokio::test]
+    async fn operations_that_waited_past_the_expiry_do_not_revive() {
+        let dir = Dir::new();
+        let store = Arc::new(open(&dir, "sessions").await);
+        let mut failures = Vec::new();
+        for op in ["touch", "update", "delete_if"] {
+            let s = session(300);
+            store.create(&s).await.unwrap();
+            let mut other = raw(&dir).await;
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut other)
+                .await
+                .unwrap();
+            let waiting = tokio::spawn({
+                let (store, s) = (store.clone(), s.clone());
+                async move {
+                    let later = now_millis() + 3_600_000;
+                    match op {
+                        "touch" => format!(
+                            "{:?}",
+                            store.touch(&s.id(), from_unix_millis(later)).await.unwrap()
+                        ),
+                        "update" => {
+                            let mut next = s.clone();
+                            next.set_expires_at_millis(later);
+                            format!("{:?}", store.update(&next, 1).await.unwrap())
+                        }
+                        _ => format!("{:?}", store.delete_if(&s.id(), 1).await.unwrap()),
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert!(store.get(&s.id()).await.unwrap().is_none(), "{op}");
+            sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+            let outcome = waiting.await.unwrap();
+            let after = store.get(&s.id()).await.unwrap();
+            let expected = match op {
+                "touch" => "false",
+                _ => "Gone",
+            };
+            if outcome != expected || after.is_some() {
+                failures.push(format!(
+                    "{op}: answered {outcome} (expected {expected}); record live afterwards: {}",
+                    after.is_some()
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// Tables named like another store's migration table or index (old
+    /// names included) are separate namespaces that migrate and work, in
+    /// either order.
+    #[tokio::test]
+    async fn tables_named_like_another_stores_helpers_are_their_own_namespaces() {
+        let mut failures = Vec::new();
+        for other in ["s_migrations", "s_expires_at"] {
+            for other_first in [true, false] {
+                let dir = Dir::new();
+                let open_other = || async {
+                    let store = open(&dir, other).await;
+                    store.create(&session(60_000)).await.unwrap();
+                    store
+                };
+                let first = if other_first {
+                    Some(open_other().await)
+                } else {
+                    None
+                };
+                let second = SqliteStore::connect_with(SqliteConfig {
+                    table: "s".into(),
+                    ..SqliteConfig::new(dir.url())
+                })
+                .await
+                .unwrap();
+                let migrated = second.migrate().await;
+                let created = second.create(&session(60_000)).await;
+                let first = match first {
+                    Some(first) => first,
+                    None => open_other().await,
+                };
+                let first_len = first.len().await;
+                let second_len = second.len().await;
+                if migrated.is_err()
+                    || created.is_err()
+                    || !matches!(first_len, Ok(1))
+                    || !matches!(second_len, Ok(1))
+                {
+                    failures.push(format!(
+                        "{other} first: {other_first}: s: migrate {migrated:?}, create {created:?}, len {second_len:?}; {other} len {first_len:?}"
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// A table migrated by the earlier layout (record in `<t>_migrations`,
+    /// index `<t>_expires_at`), built here by hand, is adopted: its
+    /// sessions stay, the old record and index are gone (freeing both names
+    /// for other stores), and migrating again changes nothing.
+    #[tokio::test]
+    async fn a_table_of_the_earlier_layout_is_adopted_with_its_sessions() {
+        let dir = Dir::new();
+        // Opening the store creates the file; migrating comes later.
+        let store = SqliteStore::connect_with(SqliteConfig {
+            table: "Sess".into(),
+            ..SqliteConfig::new(dir.url())
+        })
+        .await
+        .unwrap();
+        let mut conn = raw(&dir).await;
+        sqlx::raw_sql(
+            "CREATE TABLE Sess_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL);
+             INSERT INTO Sess_migrations VALUES (1, 0);
+             CREATE TABLE Sess (id BLOB PRIMARY KEY NOT NULL, record BLOB NOT NULL,
+                 expires_at INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE INDEX Sess_expires_at ON Sess (expires_at);",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let s = session(60_000);
+        store.create(&s).await.unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        assert!(store.get(&s.id()).await.unwrap().is_some(), "session lost");
+        let objects: Vec<(String, String)> = sqlx::query_as(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let objects: Vec<(&str, &str)> = objects
+            .iter()
+            .map(|(kind, name)| (kind.as_str(), name.as_str()))
+            .collect();
+        assert_eq!(
+            objects,
+            [
+                ("table", "Sess"),
+                ("index", "sess$expires_at"),
+                ("table", MIGRATIONS_TABLE)
+            ]
+        );
+        let recorded: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT table_name, version FROM \"{MIGRATIONS_TABLE}\""
+        ))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(recorded, [("sess".to_owned(), 1)]);
+        for other in ["sess_migrations", "sess_expires_at"] {
+            let store = open(&dir, other).await;
+            store.create(&session(60_000)).await.unwrap();
+            assert_eq!(store.len().await.unwrap(), 1, "{other}");
+        }
+        assert_eq!(store.len().await.unwrap(), 1);
     }
 }

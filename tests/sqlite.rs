@@ -67,10 +67,13 @@ async fn migrate_is_idempotent_and_safe_in_parallel() {
     ra.unwrap();
     rb.unwrap();
     a.migrate().await.unwrap();
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions_migrations")
-        .fetch_one(&sqlx::SqlitePool::connect(&url).await.unwrap())
-        .await
-        .unwrap();
+    let applied: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM \"{}\" WHERE table_name = 'sessions'",
+        server_session::sqlite::MIGRATIONS_TABLE
+    ))
+    .fetch_one(&sqlx::SqlitePool::connect(&url).await.unwrap())
+    .await
+    .unwrap();
     assert_eq!(applied, 1, "a migration step ran twice");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -80,7 +80,15 @@ const DELETE_BATCH: i64 = 1000;
 /// whole milliseconds; `ROUND` undoes the floating-point error of scaling.
 const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)";
 
-/// Versioned DDL: each step runs once, in order, recorded in `<table>_migrations`.
+/// The table, shared by every store in one database file, that records
+/// which migrations ran on which session table (`table_name`, `version`,
+/// `applied_at`). Like the index name `<table>$expires_at`, it holds a `$`,
+/// which no table name may, so it can never be, or be taken by, another
+/// store's session table.
+pub const MIGRATIONS_TABLE: &str = "session_store$migrations";
+
+/// Versioned DDL: each step runs once, in order, recorded in
+/// [`MIGRATIONS_TABLE`]. `{t}` is the table, `{index}` the quoted index name.
 const MIGRATIONS: &[(i64, &[&str])] = &[(
     1,
     &[
@@ -90,7 +98,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             expires_at INTEGER NOT NULL,
             version INTEGER NOT NULL
         ) WITHOUT ROWID",
-        "CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)",
+        "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)",
     ],
 )];
 
@@ -289,6 +297,12 @@ impl SqliteStore {
     /// Creates or upgrades the table, idempotently. Safe to run twice or
     /// from two processes at once: each step runs in an `IMMEDIATE`
     /// transaction that holds SQLite's write lock.
+    ///
+    /// A table migrated by an earlier version of this crate, which kept its
+    /// record in a table `<table>_migrations` and named its index
+    /// `<table>_expires_at`, is adopted: its record moves to
+    /// [`MIGRATIONS_TABLE`], the index is rebuilt under its new name, its
+    /// sessions stay.
     pub async fn migrate(&self) -> Result<()> {
         let work = async {
             let mut conn = self.writer.lock().await;
@@ -365,28 +379,41 @@ async fn migrate_steps(
     conn: &mut SqliteConnection,
     t: &str,
 ) -> std::result::Result<(), sqlx::Error> {
+    // SQLite compares names without regard to ASCII case: one key per table.
+    let name = t.to_ascii_lowercase();
     sqlx::query(&format!(
-        "CREATE TABLE IF NOT EXISTS {t}_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS \"{MIGRATIONS_TABLE}\" (
+            table_name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            applied_at INTEGER NOT NULL,
+            PRIMARY KEY (table_name, version)
+        ) WITHOUT ROWID"
     ))
     .execute(&mut *conn)
     .await?;
-    let done: i64 = sqlx::query_scalar(&format!(
-        "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations"
+    let mut done: i64 = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(MAX(version), 0) FROM \"{MIGRATIONS_TABLE}\" WHERE table_name = ?1"
     ))
+    .bind(&name)
     .fetch_one(&mut *conn)
     .await?;
+    let index = format!("\"{name}$expires_at\"");
+    if done == 0 {
+        done = adopt_legacy(conn, t, &name, &index).await?;
+    }
     for (version, statements) in MIGRATIONS {
         if *version <= done {
             continue;
         }
         for ddl in *statements {
-            sqlx::query(&ddl.replace("{t}", t))
+            sqlx::query(&ddl.replace("{t}", t).replace("{index}", &index))
                 .execute(&mut *conn)
                 .await?;
         }
         sqlx::query(&format!(
-            "INSERT INTO {t}_migrations (version, applied_at) VALUES (?1, ?2)"
+            "INSERT INTO \"{MIGRATIONS_TABLE}\" (table_name, version, applied_at) VALUES (?1, ?2, ?3)"
         ))
+        .bind(&name)
         .bind(version)
         .bind(now_millis())
         .execute(&mut *conn)
@@ -394,6 +421,78 @@ async fn migrate_steps(
         tracing::info!(table = %t, version, "session table migrated");
     }
     Ok(())
+}
+
+/// Adopts a table migrated by an earlier version of this crate, which
+/// recorded its migrations in `<table>_migrations` (columns `version` and
+/// `applied_at`) and named its index `<table>_expires_at`; returns the
+/// version it had reached (0 when there is nothing to adopt).
+///
+/// A table of that name is taken for such a record only by its shape: it may
+/// as well be the session table of a store named `<table>_migrations`,
+/// which is left alone. The record moves to [`MIGRATIONS_TABLE`] and its old
+/// table is dropped, freeing the name for a store that wants it; the old
+/// index, found by name among this table's own indexes only, is replaced
+/// for the same reason (SQLite cannot rename an index).
+async fn adopt_legacy(
+    conn: &mut SqliteConnection,
+    t: &str,
+    name: &str,
+    index: &str,
+) -> std::result::Result<i64, sqlx::Error> {
+    let legacy = format!("{name}_migrations");
+    let columns: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info(?1) ORDER BY name")
+            .bind(&legacy)
+            .fetch_all(&mut *conn)
+            .await?;
+    if columns != ["applied_at", "version"] {
+        return Ok(0);
+    }
+    let table_exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE)",
+    )
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut done = 0;
+    if table_exists {
+        done = sqlx::query_scalar(&format!("SELECT COALESCE(MAX(version), 0) FROM {legacy}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT OR IGNORE INTO \"{MIGRATIONS_TABLE}\" (table_name, version, applied_at)
+             SELECT ?1, version, applied_at FROM {legacy}"
+        ))
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+        let old_index: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master
+             WHERE type = 'index' AND name = ?1 COLLATE NOCASE AND tbl_name = ?2 COLLATE NOCASE",
+        )
+        .bind(format!("{name}_expires_at"))
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(old) = old_index {
+            // `old` matched a plain identifier, so it needs no quoting.
+            sqlx::query(&format!("DROP INDEX {old}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query(&format!(
+            "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    // Without its table the record is stale (the table was dropped by hand).
+    sqlx::query(&format!("DROP TABLE {legacy}"))
+        .execute(&mut *conn)
+        .await?;
+    tracing::info!(table = %t, version = done, "adopted the migration record of an earlier version");
+    Ok(done)
 }
 
 /// Runs passive WAL checkpoints on a connection of its own until dropped.
