@@ -6,8 +6,12 @@
 //! One table (default `sessions`, optionally in a schema): `id` (`bytea`,
 //! the 32-byte id, primary key), `record` (`bytea`, the core's encoded
 //! record), `expires_at` (`bigint` Unix ms, indexed), `version` (`bigint`).
-//! [`PostgresStore::migrate`] creates or upgrades it. Every operation is one
-//! statement (`flush` and `clear`: one a batch).
+//! [`PostgresStore::migrate`] creates or upgrades it, recording what it did
+//! in [`MIGRATIONS_TABLE`] (one per schema, shared by the stores in it); the
+//! index is `<table>$expires_at`. Names with a `$` can never be another
+//! store's table, and table names are at most [`MAX_TABLE_NAME_LEN`] bytes
+//! so the index name fits PostgreSQL's 63. Every operation is one statement
+//! (`flush` and `clear`: one a batch).
 //!
 //! **Clock.** Expiry is judged by the PostgreSQL server's clock
 //! (`clock_timestamp()`, in Unix milliseconds) in every statement that asks

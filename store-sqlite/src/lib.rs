@@ -5,7 +5,10 @@
 //!
 //! - One table (default `sessions`): `id` (the 32-byte id, primary key),
 //!   `record` (the core's encoded record), `expires_at` (Unix ms, indexed),
-//!   `version`. [`SqliteStore::migrate`] creates or upgrades it.
+//!   `version`. [`SqliteStore::migrate`] creates or upgrades it, recording
+//!   what it did in [`MIGRATIONS_TABLE`] (one per file, shared by the stores
+//!   in it); the index is `<table>$expires_at`. Names with a `$` can never
+//!   be another store's table.
 //! - WAL journal, `synchronous=NORMAL`, a 5 s busy timeout, and **one writer
 //!   connection** (behind an async mutex) beside a small pool of readers:
 //!   SQLite has one write lock, so writers queueing in order beat many
