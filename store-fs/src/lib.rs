@@ -81,7 +81,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -142,10 +142,14 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
 }
 
 /// When an operation gives up.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Deadline {
     at: Instant,
     limit: Duration,
+    /// The lock the operation is waiting for, if it is: the operation's
+    /// own timer and the lock wait end at the same instant, and whichever
+    /// reports the timeout must say that another writer held the lock.
+    waiting_for: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl Deadline {
@@ -153,7 +157,33 @@ impl Deadline {
         Deadline {
             at: Instant::now() + limit,
             limit,
+            waiting_for: Arc::default(),
         }
+    }
+
+    fn note_waiting(&self, lock: Option<&Path>) {
+        if let Ok(mut waiting) = self.waiting_for.lock() {
+            *waiting = lock.map(Path::to_path_buf);
+        }
+    }
+
+    /// The timeout of a whole operation: a lock wait if it was in one.
+    fn op_timed_out(&self, what: &str, path: &Path) -> Error {
+        match self.waiting_for.lock().ok().and_then(|w| w.clone()) {
+            Some(lock) => self.lock_timed_out(&lock),
+            None => self.timed_out(what, path),
+        }
+    }
+
+    fn lock_timed_out(&self, lock: &Path) -> Error {
+        Error::backend(
+            STORE,
+            format!("locking {}", lock.display()),
+            format!(
+                "timed out after {:?}: another writer holds the lock",
+                self.limit
+            ),
+        )
     }
 
     fn timed_out(&self, what: &str, path: &Path) -> Error {
@@ -244,6 +274,7 @@ impl FsStore {
         let deadline = Deadline::after(config.op_timeout);
         let task = tokio::task::spawn_blocking({
             let path = path.clone();
+            let deadline = deadline.clone();
             move || work(&config, &path, deadline)
         });
         match tokio::time::timeout(deadline.limit, task).await {
@@ -253,7 +284,7 @@ impl FsStore {
                 format!("{what} {}", path.display()),
                 e,
             )),
-            Err(_) => Err(deadline.timed_out(what, &path)),
+            Err(_) => Err(deadline.op_timed_out(what, &path)),
         }
     }
 
@@ -327,7 +358,7 @@ struct ShardLock(File);
 impl ShardLock {
     /// Locks the shard of a record about to be written, making the shard if
     /// needed.
-    fn take_new(config: &FsConfig, shard: &Path, deadline: Deadline) -> Result<Self> {
+    fn take_new(config: &FsConfig, shard: &Path, deadline: &Deadline) -> Result<Self> {
         ensure_shard(config, shard)?;
         match Self::take_existing(shard, deadline)? {
             Some(lock) => Ok(lock),
@@ -341,7 +372,7 @@ impl ShardLock {
 
     /// Locks an existing shard; `None` when the shard does not exist, so
     /// that no record can be in it either.
-    fn take_existing(shard: &Path, deadline: Deadline) -> Result<Option<Self>> {
+    fn take_existing(shard: &Path, deadline: &Deadline) -> Result<Option<Self>> {
         let path = shard.join(LOCK_FILE);
         let file = match OpenOptions::new()
             .create(true)
@@ -358,20 +389,16 @@ impl ShardLock {
         let mut pause = Duration::from_millis(1);
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(Some(ShardLock(file))),
-                Err(TryLockError::WouldBlock) => {}
+                Ok(()) => {
+                    deadline.note_waiting(None);
+                    return Ok(Some(ShardLock(file)));
+                }
+                Err(TryLockError::WouldBlock) => deadline.note_waiting(Some(&path)),
                 Err(TryLockError::Error(e)) => return Err(io_error("locking", &path, e)),
             }
             let left = deadline.at.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::backend(
-                    STORE,
-                    format!("locking {}", path.display()),
-                    format!(
-                        "timed out after {:?}: another writer holds the lock",
-                        deadline.limit
-                    ),
-                ));
+                return Err(deadline.lock_timed_out(&path));
             }
             std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(MAX_LOCK_PAUSE);
@@ -599,7 +626,7 @@ impl SessionInterface for FsStore {
             "saving",
             self.path_of(&session.id()),
             move |c, path, deadline| {
-                let _lock = ShardLock::take_new(c, shard_of(path), deadline)?;
+                let _lock = ShardLock::take_new(c, shard_of(path), &deadline)?;
                 deadline.check("saving", path)?;
                 write_atomic(c, path, &bytes)
             },
@@ -611,7 +638,7 @@ impl SessionInterface for FsStore {
         self.op("deleting", self.path_of(id), |c, path, deadline| {
             // Locked, so a concurrent update cannot rename a new version in
             // after the delete: a save never resurrects.
-            let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+            let Some(_lock) = ShardLock::take_existing(shard_of(path), &deadline)? else {
                 return Ok(());
             };
             deadline.check("deleting", path)?;
@@ -657,7 +684,7 @@ impl SessionInterface for FsStore {
             "updating",
             self.path_of(&session.id()),
             move |c, path, deadline| {
-                let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+                let Some(_lock) = ShardLock::take_existing(shard_of(path), &deadline)? else {
                     return Ok(UpdateOutcome::Gone);
                 };
                 let Some(header) = read_header(path)? else {
@@ -690,7 +717,7 @@ impl SessionInterface for FsStore {
         self.op("deleting", self.path_of(id), move |c, path, deadline| {
             // The same lock `update` decides under: no save lands between
             // the version check and the unlink.
-            let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+            let Some(_lock) = ShardLock::take_existing(shard_of(path), &deadline)? else {
                 return Ok(DeleteOutcome::Gone);
             };
             let Some(header) = read_header(path)? else {
@@ -715,7 +742,7 @@ impl SessionInterface for FsStore {
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
         let expires_at_ms = unix_millis(expires_at);
         self.op("touching", self.path_of(id), move |c, path, deadline| {
-            let Some(_lock) = ShardLock::take_existing(shard_of(path), deadline)? else {
+            let Some(_lock) = ShardLock::take_existing(shard_of(path), &deadline)? else {
                 return Ok(false);
             };
             let Some(mut bytes) = read_file(path)? else {
@@ -759,7 +786,7 @@ impl SessionInterface for FsStore {
                 }
                 if !expired.is_empty() {
                     let deadline = Deadline::after(c.op_timeout);
-                    if let Some(_lock) = ShardLock::take_existing(&shard, deadline)? {
+                    if let Some(_lock) = ShardLock::take_existing(&shard, &deadline)? {
                         for path in expired {
                             // Re-checked under the lock: it may have been
                             // extended (or replaced) since the listing.
@@ -785,7 +812,7 @@ impl SessionInterface for FsStore {
         self.scan("clearing", |c| {
             for shard in shards(&c.root)? {
                 let deadline = Deadline::after(c.op_timeout);
-                let Some(_lock) = ShardLock::take_existing(&shard, deadline)? else {
+                let Some(_lock) = ShardLock::take_existing(&shard, &deadline)? else {
                     continue;
                 };
                 let mut unlinked = false;
@@ -945,6 +972,28 @@ mod tests {
         assert!(
             steps.iter().all(|s| matches!(s, Step::Unlink(_))),
             "{steps:?}"
+        );
+    }
+
+    /// The operation's timer and its lock wait end at the same instant;
+    /// when the timer wins (a loaded machine), the error still names the
+    /// lock another writer held, as the lock wait's own error does.
+    #[test]
+    fn an_operation_timing_out_in_a_lock_wait_names_the_lock() {
+        let deadline = Deadline::after(Duration::from_millis(1));
+        let record = Path::new("/root/ab/ab01");
+        let context = |e: Error| match e {
+            Error::Backend { context, .. } => context,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            context(deadline.op_timed_out("updating", record)),
+            "updating /root/ab/ab01"
+        );
+        deadline.note_waiting(Some(Path::new("/root/ab/.lock")));
+        assert_eq!(
+            context(deadline.op_timed_out("updating", record)),
+            "locking /root/ab/.lock"
         );
     }
 
