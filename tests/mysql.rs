@@ -1,0 +1,473 @@
+//! The MySQL/MariaDB store against the real server (`MYSQL_URL`, default
+//! `mysql://root@127.0.0.1:3306/test`), each case in its own table.
+#![cfg(feature = "mysql")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use server_session::conformance::StoreFactory;
+use server_session::mysql::sqlx;
+use server_session::{
+    async_trait, codec, conformance_tests, DeleteOutcome, Error, MysqlConfig, MysqlStore, Session,
+    SessionInterface, SessionToken, UpdateOutcome,
+};
+
+fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+async fn fresh_store() -> Option<MysqlStore> {
+    let url = mysql_url();
+    let config = MysqlConfig {
+        table: common::unique("t_"),
+        pool_size: 4,
+        ..MysqlConfig::new(url.clone())
+    };
+    let store = match MysqlStore::connect_with(config).await {
+        Ok(store) => store,
+        Err(e) => {
+            common::unreachable("mysql", &url, e);
+            return None;
+        }
+    };
+    store.migrate().await.expect("migrate");
+    Some(store)
+}
+
+/// Makes a table per store and drops them all after the case.
+#[derive(Default)]
+struct Mysql {
+    made: common::Made<Arc<MysqlStore>>,
+}
+
+#[async_trait]
+impl StoreFactory for Mysql {
+    async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
+        let store = Arc::new(fresh_store().await?);
+        self.made.keep(store.clone());
+        Some(store)
+    }
+
+    async fn cleanup(&self, _store: Arc<dyn SessionInterface>) {
+        for store in self.made.take() {
+            if let Err(e) = store.drop_table().await {
+                eprintln!("could not drop {}: {e}", store.table());
+            }
+        }
+    }
+}
+
+conformance_tests!(Mysql::default());
+
+async fn applied(store: &MysqlStore) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM `{}` WHERE table_name = ?",
+        server_session::mysql::MIGRATIONS_TABLE
+    ))
+    .bind(store.table())
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_safe_in_parallel() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let twin = MysqlStore::new(store.pool().clone(), store.table()).unwrap();
+    let (a, b) = tokio::join!(store.migrate(), twin.migrate());
+    a.unwrap();
+    b.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(applied(&store).await, 1, "a migration step ran twice");
+
+    // A table the migrations have never seen, migrated by two stores at
+    // once: one creates it, the other finds it done.
+    let fresh = MysqlStore::new(store.pool().clone(), &common::unique("t_")).unwrap();
+    let fresh_twin = MysqlStore::new(store.pool().clone(), fresh.table()).unwrap();
+    let (a, b) = tokio::join!(fresh.migrate(), fresh_twin.migrate());
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(applied(&fresh).await, 1, "a migration step ran twice");
+    let s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+    fresh.create(&s).await.unwrap();
+    assert!(fresh.exists(&s.id()).await.unwrap());
+
+    // Dropping one table forgets its record and nothing else.
+    fresh.drop_table().await.unwrap();
+    assert_eq!(applied(&fresh).await, 0);
+    assert_eq!(applied(&store).await, 1);
+    store.drop_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_that_are_not_identifiers_are_config_errors() {
+    let url = mysql_url();
+    for table in ["x; DROP TABLE y", "a`b", "9t", "t$x", ""] {
+        let result = MysqlStore::connect_with(MysqlConfig {
+            table: table.into(),
+            ..MysqlConfig::new(url.clone())
+        })
+        .await;
+        assert!(
+            matches!(result, Err(Error::Config(_))),
+            "{table:?} was accepted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reserved_word_is_a_usable_table_name() {
+    let Ok(pool) = sqlx::MySqlPool::connect(&mysql_url()).await else {
+        common::unreachable("mysql", &mysql_url(), "connect failed");
+        return;
+    };
+    // Unquoted, `order` would be a syntax error in every statement.
+    let store = MysqlStore::new(pool, "order").unwrap();
+    store.drop_table().await.unwrap();
+    store.migrate().await.unwrap();
+    let s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+    store.create(&s).await.unwrap();
+    assert_eq!(store.len().await.unwrap(), 1);
+    store.drop_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_table_is_a_backend_error_naming_it() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    store.drop_table().await.unwrap();
+    match store.get(&SessionToken::generate().id()).await {
+        Err(Error::Backend {
+            store: name,
+            context,
+            ..
+        }) => {
+            assert_eq!(name, "mysql");
+            assert!(context.contains(store.table()), "{context}");
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_row_is_a_decode_error_not_a_panic() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let id = SessionToken::generate().id();
+    let valid = codec::encode(&Session::new(id, Duration::from_secs(60)), 1).unwrap();
+    let rows = [
+        (&b"garbage"[..], 1i64),
+        (&[][..], 1),
+        (&[1u8; 30][..], 1),
+        (&valid[..], -5),
+        (&valid[..], 0),
+    ];
+    for (garbage, version) in rows {
+        sqlx::query(&format!(
+            "INSERT INTO `{}` (id, record, expires_at, version) VALUES (?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE record = VALUES(record), version = VALUES(version)",
+            store.table()
+        ))
+        .bind(&id.as_bytes()[..])
+        .bind(garbage)
+        .bind(server_session::now_millis() + 60_000)
+        .bind(version)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert!(
+            matches!(store.get(&id).await, Err(Error::Decode { .. })),
+            "{garbage:?} at version {version}"
+        );
+    }
+    // A corrupt version matches no expected version.
+    let s = Session::new(id, Duration::from_secs(60));
+    assert_eq!(
+        store.update(&s, 1).await.unwrap(),
+        UpdateOutcome::Conflict,
+        "a row at version 0 was updated as if at 1"
+    );
+    store.drop_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_servers_and_unknown_users_are_backend_errors() {
+    for url in [
+        "mysql://root@127.0.0.1:1/test".to_owned(),
+        mysql_url().replace("root@", "no_such_user_here@"),
+    ] {
+        let started = std::time::Instant::now();
+        let result = MysqlStore::connect_with(MysqlConfig {
+            connect_timeout: Duration::from_millis(800),
+            operation_timeout: Duration::from_secs(2),
+            ..MysqlConfig::new(url.clone())
+        })
+        .await;
+        // A pool that never got a connection sent nothing: `Unavailable`;
+        // a server that refused the login may also surface as `Backend`.
+        assert!(
+            matches!(
+                result,
+                Err(Error::Backend { store: "mysql", .. }
+                    | Error::Unavailable { store: "mysql", .. })
+            ),
+            "{url}: {result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+/// A second connection's transaction, held open while the store works, to
+/// put a row lock exactly where a race would put it.
+async fn locking(store: &MysqlStore, sql: &str) -> sqlx::Transaction<'static, sqlx::MySql> {
+    let mut tx = store.pool().begin().await.unwrap();
+    let sql = sql.replace("{t}", &format!("`{}`", store.table()));
+    let locked = if sql.starts_with("SELECT") {
+        sqlx::query(&sql).fetch_all(&mut *tx).await.unwrap().len() as u64
+    } else {
+        sqlx::query(&sql)
+            .execute(&mut *tx)
+            .await
+            .unwrap()
+            .rows_affected()
+    };
+    assert_eq!(locked, 1, "{sql} locked nothing");
+    tx
+}
+
+/// Waits until a statement on the store's table waits for a row lock:
+/// MariaDB's `innodb_trx` does not show a prepared statement that waits in
+/// the optimizer's primary-key lookup, so this looks for a statement on the
+/// table that has been running for a while (nothing else here takes long).
+async fn until_blocked(store: &MysqlStore) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.processlist
+             WHERE id <> CONNECTION_ID() AND command IN ('Query', 'Execute')
+             AND time_ms > 200 AND LOCATE(?, info) > 0",
+        )
+        .bind(format!("`{}`", store.table()))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no statement on {} ever waited for the lock", store.table());
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Row `i`'s id: ids ascend with `i`.
+fn row_id(i: i64) -> String {
+    format!("X'{i:064x}'")
+}
+
+/// Inserts rows 1..=n whose ids ascend with n and whose expiries are
+/// `expires_at + n`, so row 1 is first in id and expiry order: whatever
+/// plan a batch uses, row 1 is in the first batch.
+async fn fill(store: &MysqlStore, n: i64, expires_at: i64) {
+    let values: Vec<String> = (1..=n)
+        .map(|i| format!("({}, X'00', {}, 1)", row_id(i), expires_at + i))
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO `{}` (id, record, expires_at, version) VALUES {}",
+        store.table(),
+        values.join(", ")
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn rows(store: &MysqlStore) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{}`", store.table()))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn clear_does_not_stop_when_a_concurrent_delete_shortens_a_batch() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    fill(&store, 2500, server_session::now_millis() + 3_600_000).await;
+    let tx = locking(
+        &store,
+        &format!("DELETE FROM {{t}} WHERE id = {}", row_id(1)),
+    )
+    .await;
+    let clearing = tokio::spawn({
+        let store = store.clone();
+        async move { store.clear().await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    clearing.await.unwrap().unwrap();
+    assert_eq!(rows(&store).await, 0, "clear returned with rows left");
+    store.drop_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn flush_does_not_stop_when_a_concurrent_delete_shortens_a_batch() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    fill(&store, 2500, server_session::now_millis() - 60_000).await;
+    let tx = locking(
+        &store,
+        &format!("DELETE FROM {{t}} WHERE id = {}", row_id(1)),
+    )
+    .await;
+    let flushing = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush().await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    assert_eq!(flushing.await.unwrap().unwrap(), 2499);
+    assert_eq!(
+        rows(&store).await,
+        0,
+        "flush returned with expired rows left"
+    );
+    store.drop_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn flush_keeps_a_row_extended_while_it_waited_for_it() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    fill(&store, 3, server_session::now_millis() - 60_000).await;
+    let tx = locking(
+        &store,
+        &format!(
+            "UPDATE {{t}} SET expires_at = {} WHERE id = {}",
+            server_session::now_millis() + 3_600_000,
+            row_id(1)
+        ),
+    )
+    .await;
+    let flushing = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush().await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    assert_eq!(flushing.await.unwrap().unwrap(), 2);
+    assert_eq!(rows(&store).await, 1, "flush deleted the extended row");
+    store.drop_table().await.unwrap();
+}
+
+/// `delete_if` waits for a concurrent writer of its row and answers by what
+/// that writer left, not by what it saw before waiting.
+#[tokio::test]
+async fn delete_if_judges_the_row_a_concurrent_writer_left() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let cases = [
+        (
+            "UPDATE {t} SET version = 2 WHERE id = $ID",
+            DeleteOutcome::Conflict,
+            true,
+        ),
+        ("DELETE FROM {t} WHERE id = $ID", DeleteOutcome::Gone, false),
+        (
+            "UPDATE {t} SET expires_at = expires_at + 1 WHERE id = $ID",
+            DeleteOutcome::Deleted,
+            false,
+        ),
+    ];
+    for (sql, outcome, kept) in cases {
+        let s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+        store.create(&s).await.unwrap();
+        let id = format!("X'{}'", hex(&s.id().as_bytes()[..]));
+        let tx = locking(&store, &sql.replace("$ID", &id)).await;
+        let deleting = tokio::spawn({
+            let (store, id) = (store.clone(), s.id());
+            async move { store.delete_if(&id, 1).await }
+        });
+        until_blocked(&store).await;
+        tx.commit().await.unwrap();
+        assert_eq!(deleting.await.unwrap().unwrap(), outcome, "after {sql}");
+        assert_eq!(store.exists(&s.id()).await.unwrap(), kept, "after {sql}");
+    }
+    store.drop_table().await.unwrap();
+}
+
+/// An operation that waited for a row lock past the record's expiry judges
+/// it by the clock after the wait: it finds the record gone and does not
+/// revive it.
+#[tokio::test]
+async fn writes_that_waited_past_the_expiry_do_not_revive_the_record() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    for op in ["update", "touch", "delete_if"] {
+        let id = SessionToken::generate().id();
+        let mut s = Session::new(id, Duration::from_secs(3600));
+        store.create(&s).await.unwrap();
+        // Expires 800 ms from now by the server's clock.
+        sqlx::query(&format!(
+            "UPDATE `{}` SET expires_at = CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) + 800
+             WHERE id = ?",
+            store.table()
+        ))
+        .bind(&id.as_bytes()[..])
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let row = format!("X'{}'", hex(&id.as_bytes()[..]));
+        let tx = locking(
+            &store,
+            &format!("SELECT id FROM {{t}} WHERE id = {row} FOR UPDATE"),
+        )
+        .await;
+        s.insert("k", &1).unwrap();
+        let waiting = tokio::spawn({
+            let (store, s) = (store.clone(), s.clone());
+            async move {
+                let later = server_session::time::OffsetDateTime::now_utc()
+                    + server_session::time::Duration::hours(1);
+                match op {
+                    "update" => format!("{:?}", store.update(&s, 1).await),
+                    "touch" => format!("{:?}", store.touch(&s.id(), later).await),
+                    _ => format!("{:?}", store.delete_if(&s.id(), 1).await),
+                }
+            }
+        });
+        until_blocked(&store).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tx.commit().await.unwrap();
+        let answer = waiting.await.unwrap();
+        let expected = match op {
+            "update" => "Ok(Gone)",
+            "touch" => "Ok(false)",
+            _ => "Ok(Gone)",
+        };
+        assert_eq!(answer, expected, "{op} after waiting past the expiry");
+        assert!(
+            store.get(&id).await.unwrap().is_none(),
+            "{op} revived the record"
+        );
+    }
+    store.drop_table().await.unwrap();
+}
