@@ -10,6 +10,7 @@
 //! | `sqlite` | `SqliteStore` | `session-store-sqlite` |
 //! | `postgres` | `PostgresStore` | `session-store-postgres` |
 //! | `fs` | `FsStore` | `session-store-fs` |
+//! | `mysql` | `MysqlStore` | `session-store-mysql` |
 //!
 //! Everything from the core crate (`session-store`) is re-exported here: the
 //! [`SessionInterface`] trait, [`Session`], [`SessionManager`] and friends.
@@ -34,6 +35,12 @@ pub use session_store_sqlite::{SqliteConfig, SqliteStore};
 pub use session_store_postgres as postgres;
 #[cfg(feature = "postgres")]
 pub use session_store_postgres::{PostgresConfig, PostgresStore};
+
+/// The MySQL/MariaDB store (feature `mysql`).
+#[cfg(feature = "mysql")]
+pub use session_store_mysql as mysql;
+#[cfg(feature = "mysql")]
+pub use session_store_mysql::{MysqlConfig, MysqlStore};
 
 /// The file store (feature `fs`).
 #[cfg(feature = "fs")]
