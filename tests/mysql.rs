@@ -471,3 +471,39 @@ async fn writes_that_waited_past_the_expiry_do_not_revive_the_record() {
     }
     store.drop_table().await.unwrap();
 }
+
+/// Table names differing only in case are two tables on a server that does
+/// not fold names (`lower_case_table_names = 0`, Linux's default), so their
+/// migration records must not collide either.
+#[tokio::test]
+async fn tables_named_alike_but_for_case_migrate_separately() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let folds: i64 = sqlx::query_scalar("SELECT CAST(@@lower_case_table_names AS SIGNED)")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let upper = MysqlStore::new(store.pool().clone(), &store.table().to_ascii_uppercase()).unwrap();
+    upper.migrate().await.unwrap();
+    let s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+    upper.create(&s).await.unwrap();
+    if folds == 0 {
+        assert!(
+            !store.exists(&s.id()).await.unwrap(),
+            "one table for two names"
+        );
+        assert_eq!(applied(&upper).await, 1);
+        upper.drop_table().await.unwrap();
+        assert_eq!(
+            applied(&store).await,
+            1,
+            "dropping {} forgot {}",
+            upper.table(),
+            store.table()
+        );
+    } else {
+        upper.drop_table().await.unwrap();
+    }
+    store.drop_table().await.unwrap();
+}
