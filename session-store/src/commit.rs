@@ -81,7 +81,7 @@ impl ActiveSession {
                 }
                 let covers = self.create_private().await?;
                 let version = self.session.version();
-                self.changes.drain(..covers);
+                self.changes.drain(..covers.min(self.changes.len()));
                 self.pending.clear();
                 self.base_writes = self.session.recent_writes().to_vec();
                 self.state = State::Loaded { version };
