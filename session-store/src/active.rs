@@ -48,8 +48,9 @@ pub(crate) struct Regeneration {
     pub created_version: Option<u64>,
     /// How many leading entries of `changes` the new record holds.
     pub covers: usize,
-    /// A private `update` from this version may have landed.
-    pub update_in_doubt: Option<(u64, usize)>,
+    /// The session was rebuilt from a newer old record after the new one
+    /// was written: the new record must be rewritten whole.
+    pub stale: bool,
     /// A `delete_if` of the old record may have landed: if the old record is
     /// then found gone, we cannot tell our retirement from a logout.
     pub retire_in_doubt: bool,

@@ -181,6 +181,45 @@ mod tests {
     }
 
     #[test]
+    fn a_body_of_several_mebibytes_is_not_taken_for_corrupt() {
+        let mut s = sample();
+        let big = "x".repeat(3 * 1024 * 1024);
+        s.insert("big", &big).unwrap();
+        let bytes = encode(&s, 1).unwrap();
+        let back = decode(s.id(), &bytes, "test").unwrap();
+        assert_eq!(back.get::<String>("big").unwrap(), Some(big));
+    }
+
+    #[test]
+    fn the_encoder_sizes_its_buffer_once_without_waste() {
+        let mut s = sample();
+        for n in 0..20u64 {
+            s.insert(format!("key{n}"), &n).unwrap();
+            s.stamp_write(n);
+        }
+        let entries = s.data().len() + s.flash().len();
+        let bytes = encode(&s, 1).unwrap();
+        // Room is reserved for the longest varint prefixes: a few bytes per
+        // entry and per write id, never a multiple of the record.
+        let spare = bytes.capacity() - bytes.len();
+        assert!(
+            spare <= 18 * (entries + 1) + 9 * s.recent_writes().len(),
+            "{spare} spare bytes for a record of {}",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn a_header_alone_is_read() {
+        let s = sample();
+        let bytes = encode(&s, 5).unwrap();
+        let header = header(&bytes[..HEADER_LEN], "test").unwrap();
+        assert_eq!(header.version, 5);
+        assert_eq!(header.expires_at_ms, s.expires_at_millis());
+        assert!(super::header(&bytes[..HEADER_LEN - 1], "test").is_err());
+    }
+
+    #[test]
     fn round_trip_keeps_everything_and_takes_the_given_version() {
         let s = sample();
         let bytes = encode(&s, 7).unwrap();

@@ -15,7 +15,10 @@
 //!   removal cookie could land after, and erase, the cookie of the login
 //!   that replaced it. Only `destroy` sends a removal cookie.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so the re-read backoff can be tested on a paused clock.
+use tokio::time::Instant;
 
 use cookie::Cookie;
 use rand::RngCore as _;
@@ -155,18 +158,17 @@ impl ActiveSession {
         }
     }
 
-    /// The write id for the next save of the change log as it is now: the
-    /// last pending one if it carried the same changes, else a new one.
+    /// A new write id for the next save of the change log as it is now,
+    /// remembered with how many changes that save carries. Every attempt
+    /// gets its own id: an id names one exact change log, so a save found
+    /// in the record later says precisely which changes are done.
     fn write_id(&mut self) -> u64 {
-        let covers = self.changes.len();
-        match self.pending.last() {
-            Some(p) if p.covers == covers => p.write_id,
-            _ => {
-                let write_id = rand::rng().next_u64();
-                self.pending.push(PendingWrite { write_id, covers });
-                write_id
-            }
-        }
+        let write_id = rand::rng().next_u64();
+        self.pending.push(PendingWrite {
+            write_id,
+            covers: self.changes.len(),
+        });
+        write_id
     }
 
     /// Stamps `write_id` on the session, on top of the write ids of the
@@ -258,9 +260,11 @@ impl ActiveSession {
             // lost save attempted on version `doubted` could only have
             // produced `doubted + 1`; if that version's writer has already
             // scrolled out of the list, we cannot tell.
+            // (When the record has not moved past `doubted`, `oldest_known`
+            // is at most `doubted`: nothing scrolled out.)
             let known = fresh.recent_writes().len() as u64;
             let oldest_known = fresh.version().saturating_sub(known).saturating_add(1);
-            if fresh.version() > doubted && doubted.saturating_add(1) < oldest_known {
+            if doubted.saturating_add(1) < oldest_known {
                 return Verdict::Unknown;
             }
         }
@@ -467,8 +471,9 @@ impl ActiveSession {
                 Verdict::Unknown => return Err(self.unknown(old_id)),
             }
             // The session changed under the new record (if it exists yet):
-            // rewrite it whole.
-            self.regen.covers = 0;
+            // rewrite it whole, even if this commit fails before doing so
+            // and the next one has no doubt left to settle.
+            self.regen.stale = true;
             self.state = State::Regenerating {
                 old_id,
                 old_version,
@@ -476,30 +481,13 @@ impl ActiveSession {
         }
         // 2. The new record: created, then kept up to date with changes
         //    made after an earlier attempt.
-        if let Some((from, covers)) = self.regen.update_in_doubt {
-            let id = self.session.id();
-            match self.reread(&id).await? {
-                Some(stored) if stored.version() > from => {
-                    self.regen.created_version = Some(stored.version());
-                    self.regen.covers = covers;
-                }
-                Some(_) => self.regen.created_version = Some(from),
-                None => {
-                    return Err(Error::backend(
-                        "manager",
-                        format!("regenerating into session {id}"),
-                        "the new record vanished before the old one was retired",
-                    ))
-                }
-            }
-            self.regen.update_in_doubt = None;
-        }
         if self.regen.created_version.is_none() {
             self.session.set_version(1);
             self.regen.covers = self.create_private().await?;
             self.regen.created_version = Some(self.session.version());
+            self.regen.stale = false;
         }
-        if self.regen.covers < self.changes.len() {
+        if self.regen.stale || self.regen.covers < self.changes.len() {
             self.update_private().await?;
         }
         // 3. Retire the old record, carrying over saves that beat us to it.
@@ -590,6 +578,7 @@ impl ActiveSession {
                 Ok(UpdateOutcome::Updated { version }) => {
                     self.regen.created_version = Some(version);
                     self.regen.covers = covers;
+                    self.regen.stale = false;
                     return Ok(());
                 }
                 Ok(UpdateOutcome::Conflict) => None,
@@ -600,24 +589,21 @@ impl ActiveSession {
                         "the new record expired before the old one was retired",
                     ))
                 }
-                Err(e) if e.may_have_applied() => {
-                    self.regen.update_in_doubt = Some((version, covers));
-                    Some(e)
-                }
+                Err(e) if e.may_have_applied() => Some(e),
                 Err(e) => return Err(e),
             };
             match self.reread(&id).await {
                 Ok(Some(stored)) if stored.version() > version => {
                     // Ours (an earlier attempt) landed.
-                    self.regen.update_in_doubt = None;
                     self.regen.created_version = Some(stored.version());
                     if failure.is_some() {
                         self.regen.covers = covers;
+                        self.regen.stale = false;
                         return Ok(());
                     }
                     version = stored.version();
                 }
-                Ok(Some(_)) => self.regen.update_in_doubt = None,
+                Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     return Err(failure.unwrap_or_else(|| {
                         Error::backend(

@@ -66,7 +66,9 @@ pub struct SessionConfig {
     pub max_commit_attempts: u32,
     /// How long a commit keeps re-reading a record to learn whether a save
     /// whose reply was lost (a backend error or timeout) landed, before it
-    /// gives up with that error (default 2 s). The save is never re-applied
+    /// gives up with that error (default 2 s). A failed re-read is tried
+    /// again after 20 ms, then after pauses doubling up to 200 ms, as long
+    /// as the next try would start before the deadline. The save is never re-applied
     /// on top of itself either way; see [`ActiveSession::commit`](crate::ActiveSession::commit).
     pub resolve_timeout: Duration,
 }

@@ -6,8 +6,9 @@
 //! run against the real servers in the conformance suite and `tests/faults.rs`.
 #![cfg(feature = "conformance")]
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +38,15 @@ fn lost_reply() -> Error {
     Error::backend("faulty", "test", "timed out after 100ms")
 }
 
+/// A failure before anything was sent: definitely not applied.
+fn unsent() -> Error {
+    Error::Unavailable {
+        store: "faulty",
+        context: "test".into(),
+        source: "connection refused".into(),
+    }
+}
+
 /// The reference store, with failures to order: each counter says how many
 /// of the next calls of that kind fail.
 #[derive(Debug, Default)]
@@ -52,6 +62,37 @@ struct Faulty {
     delete_if_fails: AtomicU32,
     /// `delete_if` deletes, then reports a timeout.
     delete_if_applied_then_lost: AtomicU32,
+    /// `update` reports a timeout without writing.
+    update_lost_unapplied: AtomicU32,
+    /// `update` reports a timeout; the write lands when the next `create`
+    /// is sent (a delayed packet).
+    update_deferred: AtomicU32,
+    deferred: Mutex<Option<(Session, u64)>>,
+    /// `delete` reports a timeout without deleting.
+    delete_lost_unapplied: AtomicU32,
+    /// `touch` fails before sending anything.
+    touch_unsent: AtomicU32,
+    /// `touch` reports a timeout without moving the expiry.
+    touch_lost_unapplied: AtomicU32,
+    /// How many `get` calls were made, failed ones included.
+    gets: AtomicU32,
+    /// Before each `get` / `update`, the next number in the queue of saves by
+    /// other requests lands on the same record.
+    foreign_saves_before_get: Mutex<VecDeque<u32>>,
+    foreign_saves_before_update: Mutex<VecDeque<u32>>,
+    foreign_write_ids: AtomicU64,
+    /// `create` answers that the id is taken, without writing.
+    create_collides: AtomicU32,
+    /// How many `create` calls were made.
+    creates: AtomicU32,
+    /// `update` fails before sending anything.
+    update_unsent: AtomicU32,
+    /// `delete_if` fails before sending anything.
+    delete_if_unsent: AtomicU32,
+    /// `delete_if` reports a timeout; the delete lands when the next
+    /// `delete_if` is sent.
+    delete_if_deferred: AtomicU32,
+    deferred_delete: Mutex<Option<(SessionId, u64)>>,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -60,12 +101,29 @@ fn take(counter: &AtomicU32) -> bool {
         .is_ok()
 }
 
+impl Faulty {
+    /// Another request's saves: each moves the record one version on.
+    async fn foreign_saves(&self, id: &SessionId, queue: &Mutex<VecDeque<u32>>) {
+        let count = queue.lock().unwrap().pop_front().unwrap_or(0);
+        for _ in 0..count {
+            let mut other = self.inner.get(id).await.unwrap().expect("the record");
+            let write_id = self.foreign_write_ids.fetch_add(1, Ordering::SeqCst) + (1 << 40);
+            other.stamp_write(write_id);
+            let version = other.version();
+            let outcome = self.inner.update(&other, version).await.unwrap();
+            assert!(matches!(outcome, UpdateOutcome::Updated { .. }));
+        }
+    }
+}
+
 #[async_trait]
 impl SessionInterface for Faulty {
     async fn exists(&self, id: &SessionId) -> Result<bool> {
         self.inner.exists(id).await
     }
     async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.foreign_saves(id, &self.foreign_saves_before_get).await;
         if take(&self.get_fails) {
             return Err(lost_reply());
         }
@@ -75,9 +133,20 @@ impl SessionInterface for Faulty {
         self.inner.set(session).await
     }
     async fn delete(&self, id: &SessionId) -> Result<()> {
+        if take(&self.delete_lost_unapplied) {
+            return Err(lost_reply());
+        }
         self.inner.delete(id).await
     }
     async fn create(&self, session: &Session) -> Result<()> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        if take(&self.create_collides) {
+            return Err(Error::IdCollision { id: session.id() });
+        }
+        let late = self.deferred.lock().unwrap().take();
+        if let Some((late, expected)) = late {
+            self.inner.update(&late, expected).await?;
+        }
         self.inner.create(session).await?;
         if take(&self.create_applied_then_lost) {
             return Err(lost_reply());
@@ -85,6 +154,18 @@ impl SessionInterface for Faulty {
         Ok(())
     }
     async fn update(&self, session: &Session, expected: u64) -> Result<UpdateOutcome> {
+        self.foreign_saves(&session.id(), &self.foreign_saves_before_update)
+            .await;
+        if take(&self.update_unsent) {
+            return Err(unsent());
+        }
+        if take(&self.update_lost_unapplied) {
+            return Err(lost_reply());
+        }
+        if take(&self.update_deferred) {
+            *self.deferred.lock().unwrap() = Some((session.clone(), expected));
+            return Err(lost_reply());
+        }
         let outcome = self.inner.update(session, expected).await?;
         if take(&self.update_applied_then_lost) {
             return Err(lost_reply());
@@ -92,6 +173,17 @@ impl SessionInterface for Faulty {
         Ok(outcome)
     }
     async fn delete_if(&self, id: &SessionId, expected: u64) -> Result<DeleteOutcome> {
+        let late = self.deferred_delete.lock().unwrap().take();
+        if let Some((late, expected)) = late {
+            self.inner.delete_if(&late, expected).await?;
+        }
+        if take(&self.delete_if_unsent) {
+            return Err(unsent());
+        }
+        if take(&self.delete_if_deferred) {
+            *self.deferred_delete.lock().unwrap() = Some((*id, expected));
+            return Err(lost_reply());
+        }
         if take(&self.delete_if_fails) {
             return Err(lost_reply());
         }
@@ -102,6 +194,12 @@ impl SessionInterface for Faulty {
         Ok(outcome)
     }
     async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
+        if take(&self.touch_unsent) {
+            return Err(unsent());
+        }
+        if take(&self.touch_lost_unapplied) {
+            return Err(lost_reply());
+        }
         self.inner.touch(id, expires_at).await
     }
     async fn flush(&self) -> Result<u64> {
@@ -523,5 +621,393 @@ async fn a_slow_save_does_not_move_the_expiry_backwards() {
         after >= extended,
         "expiry moved back by {} ms",
         extended - after
+    );
+}
+
+// The cases below were found by mutation testing (`scripts/mutants`): each
+// fails if one rule of the commit state machine is broken.
+
+/// A configuration that touches the expiry on every request.
+fn touching() -> SessionConfig {
+    SessionConfig {
+        touch_after: Duration::ZERO,
+        ..dev()
+    }
+}
+
+/// A login whose retirement of the old record was in doubt, then
+/// regenerated again by the app: the doubt is not forgotten, so the
+/// vanished old record is reported, not taken for a logout.
+#[tokio::test]
+async fn a_second_regenerate_remembers_a_retirement_in_doubt() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut login = manager.start(&jar(&cookie)).await.unwrap();
+    login.regenerate().unwrap();
+    store.delete_if_applied_then_lost.store(1, Ordering::SeqCst);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    assert!(matches!(login.commit().await, Err(Error::Backend { .. })));
+    store.get_fails.store(0, Ordering::SeqCst);
+    login.regenerate().unwrap();
+    let answer = login.commit().await;
+    assert!(
+        matches!(answer, Err(Error::OutcomeUnknown { .. })),
+        "the old record may have been retired by our own delete: {answer:?}"
+    );
+    assert_eq!(store.len().await.unwrap(), 0, "a new record survived");
+}
+
+/// Stores the flash value of `key` as `bytes`, bypassing the manager.
+async fn plant_flash(store: &Faulty, id: &SessionId, key: &str, bytes: Vec<u8>) {
+    let mut stored = store.get(id).await.unwrap().expect("the record");
+    stored.flash_mut().insert(key.to_owned(), bytes);
+    let version = stored.version();
+    store.update(&stored, version).await.unwrap();
+}
+
+/// A flash value stored before values carried a marker and a nonce is read
+/// back whole.
+#[tokio::test]
+async fn a_flash_value_stored_without_a_nonce_reads_back_whole() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    s.flash("notice", "your quote was saved").unwrap();
+    s.commit().await.unwrap();
+    let id = s.id();
+    let marked = store.get(&id).await.unwrap().unwrap().flash()["notice"].clone();
+    assert_eq!(marked[..2], [0xF1, 0xA5], "the marker");
+    // Marker (2 bytes) and nonce (8 bytes) removed: the old layout.
+    plant_flash(&store, &id, "notice", marked[10..].to_vec()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    assert_eq!(
+        s.get_flash::<String>("notice").unwrap().as_deref(),
+        Some("your quote was saved")
+    );
+}
+
+/// A corrupt flash entry that starts with the marker but is shorter than
+/// the marker and nonce is a decode error, never a panic.
+#[tokio::test]
+async fn a_truncated_flash_entry_is_a_decode_error() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    plant_flash(&store, &s.id(), "notice", vec![0xF1, 0xA5, 7]).await;
+    let mut s2 = manager.start(&jar(&cookie)).await.unwrap();
+    assert!(matches!(
+        s2.get_flash::<String>("notice"),
+        Err(Error::Decode { .. })
+    ));
+    s.insert("still", &"usable").unwrap();
+    s.commit().await.unwrap();
+}
+
+/// A logout whose delete timed out without deleting: the session is still
+/// there, so the logout is an error (not a removal cookie over a live
+/// session), and a retried commit finishes it.
+#[tokio::test]
+async fn a_logout_whose_delete_did_not_land_is_an_error_until_retried() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    s.destroy();
+    store.delete_lost_unapplied.store(1, Ordering::SeqCst);
+    let answer = s.commit().await;
+    assert!(
+        matches!(answer, Err(Error::Backend { .. })),
+        "the session is still live: {answer:?}"
+    );
+    assert!(!manager.start(&jar(&cookie)).await.unwrap().is_new());
+    let removal = s.commit().await.unwrap();
+    assert!(
+        removal.is_some(),
+        "the retried logout sends the removal cookie"
+    );
+    assert!(manager.start(&jar(&cookie)).await.unwrap().is_new());
+}
+
+/// A touch that failed before it was sent is the store's error, with no
+/// re-read (nothing can have landed; a down store is not polled).
+#[tokio::test]
+async fn a_touch_never_sent_is_reported_without_a_re_read() {
+    let (store, manager, cookie) = setup(touching()).await;
+    // A later millisecond: the touch has an expiry to move forward.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    store.touch_unsent.store(1, Ordering::SeqCst);
+    let gets = store.gets.load(Ordering::SeqCst);
+    assert!(matches!(s.commit().await, Err(Error::Unavailable { .. })));
+    assert_eq!(store.gets.load(Ordering::SeqCst), gets);
+}
+
+/// A touch whose reply was lost and which did not land: the re-read shows
+/// the old expiry, so the commit reports the failure.
+#[tokio::test]
+async fn a_lost_touch_that_did_not_land_is_an_error() {
+    let (store, manager, cookie) = setup(touching()).await;
+    // A later millisecond: the touch has an expiry to move forward.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    store.touch_lost_unapplied.store(1, Ordering::SeqCst);
+    let answer = s.commit().await;
+    assert!(matches!(answer, Err(Error::Backend { .. })), "{answer:?}");
+}
+
+/// A touch whose reply was lost, on a session a logout deleted meanwhile:
+/// the session is gone, which is no error and sends no cookie.
+#[tokio::test]
+async fn a_lost_touch_of_a_session_logged_out_meanwhile_is_gone() {
+    let (store, manager, cookie) = setup(touching()).await;
+    // A later millisecond: the touch has an expiry to move forward.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    store.inner.delete(&s.id()).await.unwrap();
+    store.touch_lost_unapplied.store(1, Ordering::SeqCst);
+    let answer = s.commit().await;
+    assert!(matches!(answer, Ok(None)), "{answer:?}");
+}
+
+/// A save lost without landing; the app adds a change and commits again,
+/// and that save lands but its reply is lost too. The landed save carried
+/// both changes: neither is applied again.
+#[tokio::test]
+async fn a_save_of_a_longer_change_log_is_not_mistaken_for_an_earlier_one() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    s.modify("balance", |b: Option<i64>| b.unwrap_or(0) - 10)
+        .unwrap();
+    store.update_lost_unapplied.store(1, Ordering::SeqCst);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    assert!(s.commit().await.is_err());
+    store.get_fails.store(0, Ordering::SeqCst);
+    s.modify("balance", |b: Option<i64>| b.unwrap_or(0) - 5)
+        .unwrap();
+    store.update_applied_then_lost.store(1, Ordering::SeqCst);
+    s.commit().await.unwrap();
+    assert_eq!(balance(&manager, &cookie).await, Some(85));
+}
+
+/// The re-read after a lost reply is retried at 0, 20 and 60 ms; the next
+/// try (at 140 ms) would start at the resolve deadline, so it is not made.
+/// On tokio's paused clock the schedule is exact.
+#[tokio::test(start_paused = true)]
+async fn a_failing_re_read_backs_off_until_the_resolve_timeout() {
+    let config = SessionConfig {
+        resolve_timeout: Duration::from_millis(140),
+        ..dev()
+    };
+    let (store, manager, cookie) = setup(config).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    s.modify("balance", |b: Option<i64>| b.unwrap_or(0) - 30)
+        .unwrap();
+    store.update_applied_then_lost.store(1, Ordering::SeqCst);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    let gets = store.gets.load(Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    assert!(s.commit().await.is_err());
+    assert_eq!(store.gets.load(Ordering::SeqCst) - gets, 3);
+    assert_eq!(started.elapsed(), Duration::from_millis(60));
+    // One failed re-read, then the record: resolved within the deadline.
+    store.get_fails.store(1, Ordering::SeqCst);
+    s.commit().await.expect("resolved on the second re-read");
+    assert_eq!(balance(&manager, &cookie).await, Some(70));
+}
+
+/// A save whose reply was lost is still in flight when the request
+/// regenerates, and lands after the new record was created: the new record
+/// carries the change once.
+#[tokio::test]
+async fn a_lost_save_landing_during_a_regeneration_is_not_applied_twice() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    s.modify("balance", |b: Option<i64>| b.unwrap_or(0) - 10)
+        .unwrap();
+    store.update_deferred.store(1, Ordering::SeqCst);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    assert!(s.commit().await.is_err());
+    store.get_fails.store(0, Ordering::SeqCst);
+    s.regenerate().unwrap();
+    let new = s.commit().await.unwrap().expect("the login's cookie");
+    assert!(
+        store.deferred.lock().unwrap().is_none(),
+        "the late save landed"
+    );
+    assert_eq!(balance(&manager, &new).await, Some(90), "debited twice");
+    assert!(manager.start(&jar(&cookie)).await.unwrap().is_new());
+}
+
+/// A lost save that did not land, then the record moved on (so it never
+/// can): the doubt is over. A later conflict, however far other requests
+/// moved the record, is replayed, not reported as unknown.
+#[tokio::test]
+async fn once_the_record_moved_past_a_lost_save_later_conflicts_are_replayed() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    s.modify("balance", |b: Option<i64>| b.unwrap_or(0) - 10)
+        .unwrap();
+    store.update_lost_unapplied.store(1, Ordering::SeqCst);
+    // The re-read finds another request's save; our next save then meets
+    // more saves than the record remembers.
+    store.foreign_saves_before_get.lock().unwrap().push_back(1);
+    let many = session_store::RECENT_WRITES as u32 + 2;
+    store
+        .foreign_saves_before_update
+        .lock()
+        .unwrap()
+        .extend([0, many]);
+    s.commit().await.expect("replayed on the newest record");
+    assert_eq!(balance(&manager, &cookie).await, Some(90));
+}
+
+/// A new session whose id is already taken is stored under another.
+#[tokio::test]
+async fn an_id_collision_draws_another_id() {
+    let store = Arc::new(Faulty::default());
+    let manager = SessionManager::new(store.clone(), dev()).unwrap();
+    let mut s = manager.start(&CookieJar::new()).await.unwrap();
+    s.insert("k", &1u8).unwrap();
+    store.create_collides.store(1, Ordering::SeqCst);
+    let cookie = s.commit().await.unwrap().expect("a cookie");
+    assert_eq!(store.creates.load(Ordering::SeqCst), 2);
+    assert_eq!(store.len().await.unwrap(), 1);
+    assert!(!manager.start(&jar(&cookie)).await.unwrap().is_new());
+}
+
+/// Ids that keep colliding mean a broken token generator or store: after
+/// three fresh draws the commit gives up with `IdCollision`.
+#[tokio::test]
+async fn endless_id_collisions_give_up_after_three_redraws() {
+    let store = Arc::new(Faulty::default());
+    let manager = SessionManager::new(store.clone(), dev()).unwrap();
+    let mut s = manager.start(&CookieJar::new()).await.unwrap();
+    s.insert("k", &1u8).unwrap();
+    store.create_collides.store(1000, Ordering::SeqCst);
+    let answer = s.commit().await;
+    assert!(
+        matches!(answer, Err(Error::IdCollision { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(store.creates.load(Ordering::SeqCst), 4);
+}
+
+/// A login whose compare-and-delete of the old record failed before it was
+/// sent reports the store's error without re-reading; a retried commit
+/// finishes the login.
+#[tokio::test]
+async fn a_retirement_never_sent_is_reported_and_finished_by_a_retry() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut login = manager.start(&jar(&cookie)).await.unwrap();
+    login.regenerate().unwrap();
+    store.delete_if_unsent.store(1, Ordering::SeqCst);
+    let gets = store.gets.load(Ordering::SeqCst);
+    assert!(matches!(
+        login.commit().await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert_eq!(store.gets.load(Ordering::SeqCst), gets);
+    let new = login.commit().await.unwrap().expect("the login's cookie");
+    assert!(manager.start(&jar(&cookie)).await.unwrap().is_new());
+    assert_eq!(balance(&manager, &new).await, Some(100));
+}
+
+/// A login's compare-and-delete times out without deleting, is seen not to
+/// have landed, and then lands late: the old record is gone by our own
+/// hand, which cannot be told from a logout. The login is reported as
+/// unknown, never silently dropped as if the user had logged out.
+#[tokio::test]
+async fn a_retirement_that_lands_late_is_reported_as_unknown() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut login = manager.start(&jar(&cookie)).await.unwrap();
+    login.insert("user", "ada").unwrap();
+    login.regenerate().unwrap();
+    store.delete_if_deferred.store(1, Ordering::SeqCst);
+    let answer = login.commit().await;
+    assert!(
+        matches!(answer, Err(Error::OutcomeUnknown { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(store.len().await.unwrap(), 0, "the new record is dropped");
+}
+
+/// A login that created its new record, failed to retire the old one, and
+/// gained a change before its retried commit: the new record is brought up
+/// to date. Saves to the private record settle lost replies themselves.
+#[tokio::test]
+async fn a_retried_login_writes_later_changes_to_the_new_record() {
+    for fault in ["applied_then_lost", "lost_unapplied"] {
+        let (store, manager, cookie) = setup(dev()).await;
+        let mut login = manager.start(&jar(&cookie)).await.unwrap();
+        login.insert("user", "ada").unwrap();
+        login.regenerate().unwrap();
+        store.delete_if_unsent.store(1, Ordering::SeqCst);
+        assert!(login.commit().await.is_err());
+        login.insert("theme", "dark").unwrap();
+        match fault {
+            "applied_then_lost" => store.update_applied_then_lost.store(1, Ordering::SeqCst),
+            _ => store.update_lost_unapplied.store(1, Ordering::SeqCst),
+        }
+        let new = login
+            .commit()
+            .await
+            .unwrap_or_else(|e| panic!("{fault}: {e}"))
+            .expect("the login's cookie");
+        let s = manager.start(&jar(&new)).await.unwrap();
+        assert_eq!(s.get::<String>("user").unwrap().as_deref(), Some("ada"));
+        assert_eq!(
+            s.get::<String>("theme").unwrap().as_deref(),
+            Some("dark"),
+            "{fault}: the later change is missing"
+        );
+    }
+}
+
+/// The same, with the private save failing before it was sent: the store's
+/// error, no re-read.
+#[tokio::test]
+async fn a_private_save_never_sent_is_reported_without_a_re_read() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut login = manager.start(&jar(&cookie)).await.unwrap();
+    login.regenerate().unwrap();
+    store.delete_if_unsent.store(1, Ordering::SeqCst);
+    assert!(login.commit().await.is_err());
+    login.insert("theme", "dark").unwrap();
+    store.update_unsent.store(1, Ordering::SeqCst);
+    let gets = store.gets.load(Ordering::SeqCst);
+    assert!(matches!(
+        login.commit().await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert_eq!(store.gets.load(Ordering::SeqCst), gets);
+}
+
+/// A save in doubt, then a login: its first commit settles the doubt (the
+/// save has not landed yet), creates the new record and fails to retire the
+/// old one; meanwhile the late save lands and another request saves. The
+/// retried commit finds both on the old record and must carry them into the
+/// new one, though it has no change of its own left to write.
+#[tokio::test]
+async fn a_retried_login_carries_saves_that_landed_after_its_new_record() {
+    let (store, manager, cookie) = setup(dev()).await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    s.modify("balance", |b: Option<i64>| b.unwrap_or(0) - 10)
+        .unwrap();
+    store.update_deferred.store(1, Ordering::SeqCst);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    assert!(s.commit().await.is_err());
+    store.get_fails.store(0, Ordering::SeqCst);
+    s.regenerate().unwrap();
+    store.delete_if_unsent.store(1, Ordering::SeqCst);
+    assert!(matches!(s.commit().await, Err(Error::Unavailable { .. })));
+    assert!(
+        store.deferred.lock().unwrap().is_none(),
+        "the late save landed"
+    );
+    let mut other = manager.start(&jar(&cookie)).await.unwrap();
+    other.insert("theme", "dark").unwrap();
+    other.commit().await.unwrap();
+    let new = s.commit().await.unwrap().expect("the login's cookie");
+    let after = manager.start(&jar(&new)).await.unwrap();
+    assert_eq!(after.get::<i64>("balance").unwrap(), Some(90));
+    assert_eq!(
+        after.get::<String>("theme").unwrap().as_deref(),
+        Some("dark"),
+        "an acknowledged save was lost by the login"
     );
 }

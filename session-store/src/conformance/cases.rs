@@ -1218,17 +1218,21 @@ pub async fn manager_idle_touch_extends(ctx: Ctx) -> CaseResult {
 pub async fn manager_absolute_timeout(ctx: Ctx) -> CaseResult {
     let config = SessionConfig {
         idle_timeout: Duration::from_secs(60),
-        absolute_timeout: Some(Duration::from_millis(600)),
+        absolute_timeout: Some(Duration::from_millis(1200)),
         touch_after: Duration::ZERO,
         ..dev_config()
     };
     let m = manager(&ctx, config)?;
     let cookie = issued_cookie(&m, "n", 1).await?;
+    // Created no later than now: the deadline below is past its timeout
+    // however slow the machine is; the first check has 900 ms of slack.
+    let issued = std::time::Instant::now();
     sleep_ms(300).await;
     let mut s = m.start(&jar_with(&cookie)).await?;
     check!(!s.is_new(), "session ended before its absolute timeout");
     s.commit().await?;
-    sleep_ms(450).await;
+    let past = Duration::from_millis(1300).saturating_sub(issued.elapsed());
+    tokio::time::sleep(past).await;
     let s = m.start(&jar_with(&cookie)).await?;
     check!(s.is_new(), "session outlived its absolute timeout");
     Ok(())
