@@ -162,6 +162,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tokens_of_the_boundary_lengths_parse() {
+        for len in [MIN_TOKEN_LEN, MAX_TOKEN_LEN] {
+            assert!(
+                SessionToken::parse(&"a".repeat(len)).is_ok(),
+                "length {len}"
+            );
+        }
+        for len in [MIN_TOKEN_LEN - 1, MAX_TOKEN_LEN + 1] {
+            assert!(
+                SessionToken::parse(&"a".repeat(len)).is_err(),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_is_its_tokens_digest_in_bytes_and_hex() {
+        let token = SessionToken::generate();
+        let id = token.id();
+        let digest: [u8; 32] = Sha256::digest(token.as_str().as_bytes()).into();
+        assert_eq!(id.as_bytes(), &digest);
+        assert_eq!(
+            SessionId::from_hex(&id.to_hex()).unwrap().as_bytes(),
+            &digest
+        );
+        assert_eq!(SessionId::from_bytes(digest), id);
+        assert!(format!("{token:?}").starts_with("SessionToken(<redacted>"));
+    }
+
+    #[test]
     fn generated_tokens_parse_and_differ() {
         let a = SessionToken::generate();
         let b = SessionToken::generate();

@@ -299,6 +299,30 @@ mod tests {
     use super::*;
     use crate::id::SessionToken;
 
+    /// A string value of `len` bytes whose length prefix claims `claim`
+    /// bytes (bincode's varint: 252, then a little-endian u32).
+    fn claiming(claim: u32, len: usize) -> Vec<u8> {
+        let mut bytes = vec![252];
+        bytes.extend_from_slice(&claim.to_le_bytes());
+        bytes.resize(len, b'x');
+        bytes
+    }
+
+    #[test]
+    fn decoded_sizes_are_capped_by_the_tier_of_the_encoded_size() {
+        // (encoded size, its cap): 64 times the size, rounded up to a tier.
+        for (len, cap) in [(100, 1 << 20), (20 << 10, 4 << 20), (100 << 10, 16 << 20)] {
+            // A value of that size decodes...
+            let value = "y".repeat(len);
+            let bytes = encode_value("v", &value).unwrap();
+            assert_eq!(decode_value::<String>("v", &bytes).unwrap(), value);
+            // ...and one claiming more than its cap is refused by the cap,
+            // before anything is allocated or read.
+            let err = decode_value::<String>("v", &claiming(cap as u32 + 1, len)).unwrap_err();
+            assert!(err.to_string().contains("LimitExceeded"), "{len}: {err}");
+        }
+    }
+
     #[test]
     fn typed_values_round_trip_and_wrong_types_fail() {
         let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));

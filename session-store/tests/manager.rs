@@ -3,11 +3,13 @@
 #![cfg(feature = "conformance")]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use session_store::conformance::ReferenceStore;
-use session_store::cookie::{CookieJar, SameSite};
+use session_store::cookie::{Cookie, CookieJar, SameSite};
 use session_store::{
-    jar_from_cookie_headers, Error, SessionConfig, SessionInterface, SessionManager, SessionToken,
+    jar_from_cookie_headers, Error, Session, SessionConfig, SessionInterface, SessionManager,
+    SessionToken,
 };
 
 fn dev() -> SessionConfig {
@@ -150,4 +152,68 @@ fn tokens_never_show_in_debug_output() {
     let shown = format!("{token:?} {:?}", token.id());
     assert!(!shown.contains(token.as_str()));
     assert!(shown.contains(&token.id().to_hex()));
+}
+
+#[tokio::test]
+async fn the_manager_shows_its_config_and_flushes_its_store() {
+    let store = Arc::new(ReferenceStore::new());
+    let config = SessionConfig {
+        cookie_name: "sid".into(),
+        ..dev()
+    };
+    let manager = SessionManager::new(store.clone(), config).unwrap();
+    assert_eq!(manager.config().cookie_name, "sid");
+    let shown = format!("{manager:?}");
+    assert!(
+        shown.starts_with("SessionManager") && shown.contains("\"sid\""),
+        "{shown}"
+    );
+    for idle in [100, 100, 60_000] {
+        let session = Session::new(SessionToken::generate().id(), Duration::from_millis(idle));
+        store.create(&session).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(manager.flush().await.unwrap(), 2);
+    assert_eq!(store.len().await.unwrap(), 1);
+}
+
+/// The stored expiry moves forward only once `touch_after` has passed
+/// since it was last written (that is what spares a write per request).
+#[tokio::test]
+async fn the_expiry_moves_once_touch_after_has_passed() {
+    let store = Arc::new(ReferenceStore::new());
+    let config = SessionConfig {
+        idle_timeout: Duration::from_secs(60),
+        touch_after: Duration::from_secs(10),
+        ..dev()
+    };
+    let manager = SessionManager::new(store.clone(), config).unwrap();
+    let mut s = manager.start(&CookieJar::new()).await.unwrap();
+    s.insert("k", &1u8).unwrap();
+    let cookie: Cookie<'static> = s.commit().await.unwrap().expect("a cookie");
+    let mut jar = CookieJar::new();
+    jar.add_original(cookie);
+    let id = s.id();
+    // As if last written `ago_ms` ago (the record's expiry that much older).
+    let age = |ago_ms: i64| {
+        let store = store.clone();
+        async move {
+            let mut stored = store.get(&id).await.unwrap().unwrap();
+            let older = stored.expires_at_millis() - ago_ms;
+            stored.set_expires_at_millis(older);
+            store.set(&stored).await.unwrap();
+            older
+        }
+    };
+    let recent = age(5_000).await;
+    manager.start(&jar).await.unwrap().commit().await.unwrap();
+    let after = store.get(&id).await.unwrap().unwrap().expires_at_millis();
+    assert_eq!(after, recent, "touched before touch_after had passed");
+    let stale = age(15_000).await;
+    manager.start(&jar).await.unwrap().commit().await.unwrap();
+    let after = store.get(&id).await.unwrap().unwrap().expires_at_millis();
+    assert!(
+        after >= stale + 15_000,
+        "not touched after touch_after had passed"
+    );
 }
