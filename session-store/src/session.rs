@@ -324,6 +324,17 @@ mod tests {
     }
 
     #[test]
+    fn stored_times_out_of_range_saturate_on_their_own_side() {
+        let at = from_unix_millis(1_700_000_000_123);
+        assert_eq!(unix_millis(at), 1_700_000_000_123);
+        assert_eq!(from_unix_millis(i64::MIN), OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(
+            from_unix_millis(i64::MAX),
+            time::PrimitiveDateTime::MAX.assume_utc()
+        );
+    }
+
+    #[test]
     fn typed_values_round_trip_and_wrong_types_fail() {
         let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
         s.insert("n", &42u64).unwrap();
