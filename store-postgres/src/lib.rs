@@ -30,6 +30,11 @@
 //! `flush` and `clear` delete in batches until a batch finds nothing, and
 //! `flush` spares a row extended while it waited for that row's lock.
 //!
+//! What every SQL store does alike (batch loops, migrations bookkeeping,
+//! decoding, error mapping) is `session-store-sql`'s; this crate is the
+//! PostgreSQL dialect: its statements, its migration lock, and the adoption
+//! of its earlier layout.
+//!
 //! ```no_run
 //! # async fn demo() -> session_store::Result<()> {
 //! use session_store_postgres::{PostgresConfig, PostgresStore};
@@ -41,23 +46,23 @@
 //! store.migrate().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`SessionInterface`]: session_store::SessionInterface
 #![warn(missing_docs)]
 
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_store::backend::{
-    check_sql_identifier, next_version, redact_url, storable_version, timed_unsent_aware,
+use session_store::backend::{check_sql_identifier, redact_url};
+use session_store::Result;
+use session_store_sql::{
+    check_table_name, lazy_pool, max_table_name_len, session_interface, Batches, Clock,
+    Connections, Dialect, Judged, LegacyLayout, MigrationStatements, Migrations, Setup, SqlStore,
+    Statements, Update, DELETE_BATCH,
 };
-use session_store::time::OffsetDateTime;
-use session_store::{
-    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
-    SessionInterface, UpdateOutcome,
-};
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
-use sqlx::Row as _;
+use sqlx::postgres::{PgPool, PgQueryResult};
 
+pub use session_store_sql::MIGRATIONS_TABLE;
 pub use sqlx;
 
 const STORE: &str = "postgres";
@@ -77,24 +82,10 @@ const NOW: &str = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::
 /// so a record that expired during the wait would be judged live.
 const CLOCK: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
-/// Rows deleted per statement in `flush` and `clear`, so no statement holds
-/// row locks for long.
-const DELETE_BATCH: i64 = 1000;
-
-/// The table, shared by every store in one schema, that records which
-/// migrations ran on which session table (`table_name`, `version`,
-/// `applied_at`). Like every name this crate derives (see
-/// [`MAX_TABLE_NAME_LEN`]), it holds a `$`, which no table name may, so it
-/// can never be, or be taken by, another store's session table.
-pub const MIGRATIONS_TABLE: &str = "session_store$migrations";
-
-/// Suffix of the expiry index's name, `<table>$expires_at`.
-const INDEX_SUFFIX: &str = "$expires_at";
-
 /// The longest table name accepted, in bytes: PostgreSQL cuts identifiers
 /// to 63 bytes, and the index name `<table>$expires_at` must fit whole (cut
 /// short, it would name the table itself).
-pub const MAX_TABLE_NAME_LEN: usize = 63 - INDEX_SUFFIX.len();
+pub const MAX_TABLE_NAME_LEN: usize = max_table_name_len(63);
 
 /// Versioned DDL: each step runs once, in order, recorded in
 /// [`MIGRATIONS_TABLE`]. `{t}` is the (qualified) table, `{index}` the
@@ -103,7 +94,7 @@ pub const MAX_TABLE_NAME_LEN: usize = 63 - INDEX_SUFFIX.len();
 /// `fillfactor = 70` leaves room on each page so that saves, which rewrite a
 /// row without changing its indexed columns, stay heap-only (HOT) updates
 /// and touch neither index.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
+const MIGRATIONS: Migrations = &[(
     1,
     &[
         "CREATE TABLE IF NOT EXISTS {t} (
@@ -115,6 +106,234 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)",
     ],
 )];
+
+/// The statements every SQL store has, in PostgreSQL, on the table `t`
+/// (qualified by `schema`, if any) whose key is `key`.
+fn statements(schema: Option<&str>, t: &str, key: &str) -> Statements {
+    let migrations = migrations_table(schema);
+    let record_table = qualify(schema, pg_identifier(&format!("{key}_migrations")));
+    Statements {
+        exists: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1)"),
+        get: format!(
+            "SELECT record, expires_at, version FROM {t} WHERE id = $1 AND expires_at > {NOW}"
+        ),
+        set: format!(
+            "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record,
+             expires_at = excluded.expires_at, version = excluded.version"
+        ),
+        delete: format!("DELETE FROM {t} WHERE id = $1"),
+        create: format!(
+            "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO NOTHING"
+        ),
+        len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > {NOW}"),
+        clock: Clock::Server {
+            now: format!("SELECT {NOW}"),
+        },
+        // The expiry is checked again on the deleted row itself because,
+        // after waiting for a concurrent writer's lock, PostgreSQL re-checks
+        // only the DELETE's own conditions against the new row version; a
+        // row extended meanwhile must be spared.
+        batches: Batches::Counted {
+            flush: format!(
+                "WITH batch AS (
+                     SELECT id FROM {t} WHERE expires_at <= $1 ORDER BY expires_at LIMIT {DELETE_BATCH}
+                 ), gone AS (
+                     DELETE FROM {t} AS s USING batch
+                     WHERE s.id = batch.id AND s.expires_at <= $1 RETURNING 1
+                 )
+                 SELECT (SELECT COUNT(*) FROM batch), (SELECT COUNT(*) FROM gone)"
+            ),
+            clear: format!(
+                "WITH batch AS (
+                     SELECT id FROM {t} ORDER BY id LIMIT {DELETE_BATCH}
+                 ), gone AS (
+                     DELETE FROM {t} AS s USING batch WHERE s.id = batch.id RETURNING 1
+                 )
+                 SELECT (SELECT COUNT(*) FROM batch), (SELECT COUNT(*) FROM gone)"
+            ),
+        },
+        migrations: MigrationStatements {
+            create_table: format!(
+                "CREATE TABLE IF NOT EXISTS {migrations} (
+                    table_name text NOT NULL,
+                    version bigint NOT NULL,
+                    applied_at bigint NOT NULL,
+                    PRIMARY KEY (table_name, version)
+                )"
+            ),
+            recorded: format!(
+                "SELECT COALESCE(MAX(version), 0) FROM {migrations} WHERE table_name = $1"
+            ),
+            record: format!(
+                "INSERT INTO {migrations} (table_name, version, applied_at) VALUES ($1, $2, $3)"
+            ),
+        },
+        // The earlier layout: `<table>_migrations` and an index named
+        // `<schema>_<table>_expires_at`, which is renamed.
+        legacy: Some(LegacyLayout {
+            columns: "SELECT attname::text FROM pg_attribute
+                      WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+                      ORDER BY attname"
+                .into(),
+            table_ref: t.to_owned(),
+            table_exists: "SELECT to_regclass($1) IS NOT NULL".into(),
+            copy: format!(
+                "INSERT INTO {migrations} (table_name, version, applied_at)
+                 SELECT $1, version, applied_at FROM {record_table} ON CONFLICT DO NOTHING"
+            ),
+            record_table,
+            old_index: pg_identifier(&format!(
+                "{}_expires_at",
+                t.replace('.', "_").to_ascii_lowercase()
+            ))
+            .to_owned(),
+            find_old_index: "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i
+                             JOIN pg_class c ON c.oid = i.indexrelid
+                             JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE i.indrelid = to_regclass($1) AND c.relname = $2"
+                .into(),
+            replace_old_index: "ALTER INDEX {old} RENAME TO {index}",
+        }),
+    }
+}
+
+/// The PostgreSQL dialect: the pool (for transactions), where the table
+/// lives, and the compare-and-set statements.
+struct PostgresDialect {
+    pool: PgPool,
+    schema: Option<String>,
+    /// The table name as PostgreSQL stores it (unquoted names fold to lower
+    /// case): the key of this table's rows in [`MIGRATIONS_TABLE`].
+    key: String,
+    update: String,
+    delete_if: String,
+    touch: String,
+}
+
+impl PostgresDialect {
+    fn new(pool: PgPool, schema: Option<&str>, table: &str, t: &str) -> Self {
+        // Each write below locks the row `$1` first (`cur`), then judges its
+        // expiry by the clock read after the lock is held (`judged`, a level
+        // above the lock; see `CLOCK`), so an operation that waited for a
+        // concurrent writer acts on that writer's result and on the time it
+        // got the row, and one that waited past the expiry does not revive
+        // the record. `live` and `version` are those of the newest committed
+        // version of the row, and the write acts on exactly what was judged.
+        let judged = format!(
+            "WITH cur AS MATERIALIZED (
+                 SELECT id, version, expires_at FROM {t} WHERE id = $1 FOR UPDATE
+             ), judged AS MATERIALIZED (
+                 SELECT id, version, expires_at > {CLOCK} AS live FROM cur
+             )"
+        );
+        PostgresDialect {
+            pool,
+            schema: schema.map(str::to_owned),
+            key: table.to_ascii_lowercase(),
+            update: format!(
+                "{judged}, saved AS (
+                     UPDATE {t} AS s SET record = $2, expires_at = GREATEST(s.expires_at, $3), version = $4
+                     FROM judged WHERE s.id = judged.id AND judged.live AND judged.version = $5
+                     RETURNING 1
+                 )
+                 SELECT COALESCE((SELECT live FROM judged), false), EXISTS(SELECT 1 FROM saved)"
+            ),
+            delete_if: format!(
+                "{judged}, gone AS (
+                     DELETE FROM {t} AS s USING judged
+                     WHERE s.id = judged.id AND judged.live AND judged.version = $2 RETURNING 1
+                 )
+                 SELECT COALESCE((SELECT live FROM judged), false), EXISTS(SELECT 1 FROM gone)"
+            ),
+            touch: format!(
+                "{judged}
+                 UPDATE {t} AS s SET expires_at = GREATEST(s.expires_at, $2)
+                 FROM judged WHERE s.id = judged.id AND judged.live"
+            ),
+        }
+    }
+}
+
+/// `name` in `schema` (or unqualified, on the search path).
+fn qualify(schema: Option<&str>, name: &str) -> String {
+    match schema {
+        Some(schema) => format!("{schema}.{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// [`MIGRATIONS_TABLE`], quoted and in `schema`.
+fn migrations_table(schema: Option<&str>) -> String {
+    qualify(schema, &format!("\"{MIGRATIONS_TABLE}\""))
+}
+
+/// PostgreSQL's cut of an identifier to 63 bytes (names here are ASCII).
+fn pg_identifier(name: &str) -> &str {
+    &name[..name.len().min(63)]
+}
+
+#[async_trait]
+impl Dialect for PostgresDialect {
+    type Db = sqlx::Postgres;
+    const STORE: &'static str = STORE;
+    const QUOTE: char = '"';
+    const MIGRATIONS: Migrations = MIGRATIONS;
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn migrate(&self, store: &SqlStore<Self>) -> Result<()> {
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            // One lock for every session-store migration: schema creation
+            // races too, and migrations are rare. It ends with the
+            // transaction.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind("session-store migrate")
+                .execute(&mut *tx)
+                .await?;
+            if let Some(schema) = &self.schema {
+                sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            store.apply_migrations(&mut tx, &self.key).await?;
+            tx.commit().await
+        };
+        store.run("migrate", work).await
+    }
+
+    async fn update(&self, store: &SqlStore<Self>, update: Update<'_>) -> Result<Judged> {
+        let query = sqlx::query_as(&self.update)
+            .bind(update.id)
+            .bind(update.record)
+            .bind(update.expires_at)
+            .bind(update.version)
+            .bind(update.expected);
+        let (live, done) = store.write_row("update", query).await?;
+        Ok(Judged { live, done })
+    }
+
+    async fn delete_if(
+        &self,
+        store: &SqlStore<Self>,
+        id: &[u8],
+        expected: Option<i64>,
+    ) -> Result<Judged> {
+        // `None` binds as NULL, which equals nothing.
+        let query = sqlx::query_as(&self.delete_if).bind(id).bind(expected);
+        let (live, done) = store.write_row("delete_if", query).await?;
+        Ok(Judged { live, done })
+    }
+
+    async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool> {
+        let query = sqlx::query(&self.touch).bind(id).bind(expires_at);
+        Ok(store.write("touch", query).await? == 1)
+    }
+}
 
 /// How to reach PostgreSQL and name the table.
 #[derive(Clone, Debug)]
@@ -148,129 +367,12 @@ impl PostgresConfig {
     }
 }
 
-struct Queries {
-    exists: String,
-    get: String,
-    set: String,
-    delete: String,
-    create: String,
-    update: String,
-    delete_if: String,
-    touch: String,
-    now: String,
-    flush: String,
-    clear: String,
-    len: String,
-}
-
-impl Queries {
-    fn new(t: &str) -> Self {
-        Queries {
-            exists: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = $1)"),
-            get: format!(
-                "SELECT record, expires_at, version FROM {t} WHERE id = $1 AND expires_at > {NOW}"
-            ),
-            set: format!(
-                "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE SET record = excluded.record,
-                 expires_at = excluded.expires_at, version = excluded.version"
-            ),
-            delete: format!("DELETE FROM {t} WHERE id = $1"),
-            create: format!(
-                "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO NOTHING"
-            ),
-            // Each of these locks the row first (`cur`), then judges its
-            // expiry by the clock read after the lock is held (`judged`, a
-            // level above the lock; see `CLOCK`), so an operation that waited
-            // for a concurrent writer acts on that writer's result and on the
-            // time it got the row, and one that waited past the expiry does
-            // not revive the record. `live` and `version` are those of the
-            // newest committed version of the row, and the write acts on
-            // exactly what was judged.
-            update: format!(
-                "WITH cur AS MATERIALIZED (
-                     SELECT id, version, expires_at FROM {t} WHERE id = $1 FOR UPDATE
-                 ), judged AS MATERIALIZED (
-                     SELECT id, version, expires_at > {CLOCK} AS live FROM cur
-                 ), saved AS (
-                     UPDATE {t} AS s SET record = $2, expires_at = GREATEST(s.expires_at, $3), version = $4
-                     FROM judged WHERE s.id = judged.id AND judged.live AND judged.version = $5
-                     RETURNING 1
-                 )
-                 SELECT COALESCE((SELECT live FROM judged), false), EXISTS(SELECT 1 FROM saved)"
-            ),
-            delete_if: format!(
-                "WITH cur AS MATERIALIZED (
-                     SELECT id, version, expires_at FROM {t} WHERE id = $1 FOR UPDATE
-                 ), judged AS MATERIALIZED (
-                     SELECT id, version, expires_at > {CLOCK} AS live FROM cur
-                 ), gone AS (
-                     DELETE FROM {t} AS s USING judged
-                     WHERE s.id = judged.id AND judged.live AND judged.version = $2 RETURNING 1
-                 )
-                 SELECT COALESCE((SELECT live FROM judged), false), EXISTS(SELECT 1 FROM gone)"
-            ),
-            touch: format!(
-                "WITH cur AS MATERIALIZED (
-                     SELECT id, expires_at FROM {t} WHERE id = $1 FOR UPDATE
-                 ), judged AS MATERIALIZED (
-                     SELECT id, expires_at > {CLOCK} AS live FROM cur
-                 )
-                 UPDATE {t} AS s SET expires_at = GREATEST(s.expires_at, $2)
-                 FROM judged WHERE s.id = judged.id AND judged.live"
-            ),
-            now: format!("SELECT {NOW}"),
-            // A batch reports how many rows it found as well as how many it
-            // deleted: rows found may be deleted by others meanwhile, so only
-            // a batch that finds none proves the work is done. The expiry is
-            // checked again on the deleted row itself because, after waiting
-            // for a concurrent writer's lock, PostgreSQL re-checks only the
-            // DELETE's own conditions against the new row version; a row
-            // extended meanwhile must be spared.
-            flush: format!(
-                "WITH batch AS (
-                     SELECT id FROM {t} WHERE expires_at <= $1 ORDER BY expires_at LIMIT {DELETE_BATCH}
-                 ), gone AS (
-                     DELETE FROM {t} AS s USING batch
-                     WHERE s.id = batch.id AND s.expires_at <= $1 RETURNING 1
-                 )
-                 SELECT (SELECT COUNT(*) FROM batch), (SELECT COUNT(*) FROM gone)"
-            ),
-            clear: format!(
-                "WITH batch AS (
-                     SELECT id FROM {t} ORDER BY id LIMIT {DELETE_BATCH}
-                 ), gone AS (
-                     DELETE FROM {t} AS s USING batch WHERE s.id = batch.id
-                 )
-                 SELECT COUNT(*) FROM batch"
-            ),
-            len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > {NOW}"),
-        }
-    }
-}
-
 /// The PostgreSQL store.
 pub struct PostgresStore {
-    pool: PgPool,
-    schema: Option<String>,
-    /// The table name as PostgreSQL stores it (unquoted names fold to lower
-    /// case): the key of this table's rows in [`MIGRATIONS_TABLE`].
-    name: String,
-    qualified: String,
-    address: String,
-    operation_timeout: Duration,
-    sql: Queries,
+    engine: SqlStore<PostgresDialect>,
 }
 
-impl fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("address", &self.address)
-            .field("table", &self.qualified)
-            .finish_non_exhaustive()
-    }
-}
+session_interface!(PostgresStore => engine);
 
 impl PostgresStore {
     /// Connects to `url` with the default configuration (table `sessions`).
@@ -281,55 +383,64 @@ impl PostgresStore {
 
     /// Connects as `config` says, checking the server answers.
     pub async fn connect_with(config: PostgresConfig) -> Result<Self> {
-        let address = redact_url(&config.url);
-        let pool = PgPoolOptions::new()
-            .max_connections(config.pool_size.max(1))
-            .acquire_timeout(config.connect_timeout)
-            .connect_lazy(&config.url)
-            .map_err(|e| Error::Config(format!("postgres url {address}: {e}")))?;
-        let mut store = Self::new(pool, config.schema.as_deref(), &config.table)?;
-        store.address = address;
-        store.operation_timeout = config.operation_timeout;
-        let ping = sqlx::query("SELECT 1").execute(&store.pool);
-        store.run("connect", ping).await?;
+        let pool = lazy_pool(STORE, &config.url, config.pool_size, config.connect_timeout)?;
+        let store = Self::build(
+            pool,
+            config.schema.as_deref(),
+            &config.table,
+            redact_url(&config.url),
+            config.operation_timeout,
+        )?;
+        store.engine.ping().await?;
         Ok(store)
     }
 
     /// A store over a pool you already have.
     pub fn new(pool: PgPool, schema: Option<&str>, table: &str) -> Result<Self> {
-        check_sql_identifier("table name", table)?;
-        if table.len() > MAX_TABLE_NAME_LEN {
-            return Err(Error::Config(format!(
-                "table name {table:?} is {} bytes; PostgreSQL session tables are limited to {MAX_TABLE_NAME_LEN} bytes so that the index name {table}{INDEX_SUFFIX} fits PostgreSQL's 63-byte identifiers",
-                table.len()
-            )));
-        }
+        Self::build(
+            pool,
+            schema,
+            table,
+            "postgres (pool)".into(),
+            Duration::from_secs(5),
+        )
+    }
+
+    fn build(
+        pool: PgPool,
+        schema: Option<&str>,
+        table: &str,
+        address: String,
+        operation_timeout: Duration,
+    ) -> Result<Self> {
+        check_table_name(table, "PostgreSQL", Some(63))?;
         if let Some(schema) = schema {
             check_sql_identifier("schema name", schema)?;
         }
-        let qualified = match schema {
-            Some(schema) => format!("{schema}.{table}"),
-            None => table.to_owned(),
-        };
+        let qualified = qualify(schema, table);
+        let dialect = PostgresDialect::new(pool.clone(), schema, table, &qualified);
+        let statements = statements(schema, &qualified, &dialect.key);
         Ok(PostgresStore {
-            sql: Queries::new(&qualified),
-            pool,
-            schema: schema.map(str::to_owned),
-            name: table.to_ascii_lowercase(),
-            qualified,
-            address: "postgres (pool)".into(),
-            operation_timeout: Duration::from_secs(5),
+            engine: SqlStore::new(Setup {
+                dialect,
+                connections: Connections::Pool(pool),
+                table_sql: qualified.clone(),
+                table_name: qualified,
+                location: format!("at {address}"),
+                operation_timeout,
+                statements,
+            }),
         })
     }
 
     /// The table, schema-qualified when a schema was given.
     pub fn table(&self) -> &str {
-        &self.qualified
+        self.engine.table()
     }
 
     /// The pool, e.g. to share it with the rest of the app.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.engine.dialect().pool
     }
 
     /// Creates (or upgrades) the schema, the table and its index,
@@ -341,364 +452,32 @@ impl PostgresStore {
     /// `<schema>_<table>_expires_at`, is adopted: its record moves to
     /// [`MIGRATIONS_TABLE`], the index is renamed, its sessions stay.
     pub async fn migrate(&self) -> Result<()> {
-        let work = async {
-            let mut tx = self.pool.begin().await?;
-            migrate_steps(&mut tx, self).await?;
-            tx.commit().await
-        };
-        self.run("migrate", work).await
+        self.engine.migrate().await
     }
 
     /// Drops the table (with its index) and its rows in
     /// [`MIGRATIONS_TABLE`], and nothing else (for tests and teardown).
     pub async fn drop_table(&self) -> Result<()> {
+        let dialect = self.engine.dialect();
         let work = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.qualified))
+            let mut tx = dialect.pool.begin().await?;
+            sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.engine.table_sql()))
                 .execute(&mut *tx)
                 .await?;
-            let migrations = self.migrations_table();
+            let migrations = migrations_table(dialect.schema.as_deref());
             let recorded: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
                 .bind(&migrations)
                 .fetch_one(&mut *tx)
                 .await?;
             if recorded {
                 sqlx::query(&format!("DELETE FROM {migrations} WHERE table_name = $1"))
-                    .bind(&self.name)
+                    .bind(&dialect.key)
                     .execute(&mut *tx)
                     .await?;
             }
             tx.commit().await
         };
-        self.run("drop table", work).await
-    }
-
-    /// [`MIGRATIONS_TABLE`], quoted and in this store's schema.
-    fn migrations_table(&self) -> String {
-        self.qualify(&format!("\"{MIGRATIONS_TABLE}\""))
-    }
-
-    /// `name` in this store's schema (or unqualified, on the search path).
-    fn qualify(&self, name: &str) -> String {
-        match &self.schema {
-            Some(schema) => format!("{schema}.{name}"),
-            None => name.to_owned(),
-        }
-    }
-
-    fn context(&self, what: &str) -> String {
-        format!("{what} on table {} at {}", self.qualified, self.address)
-    }
-
-    async fn run<T, Fut>(&self, what: &str, work: Fut) -> Result<T>
-    where
-        Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
-    {
-        // No connection from the pool: nothing was sent, and the manager
-        // knows it (`Error::Unavailable`).
-        timed_unsent_aware(
-            STORE,
-            self.operation_timeout,
-            || self.context(what),
-            |e: &sqlx::Error| matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed),
-            work,
-        )
-        .await
-    }
-}
-
-/// PostgreSQL's cut of an identifier to 63 bytes (names here are ASCII).
-fn pg_identifier(name: &str) -> &str {
-    &name[..name.len().min(63)]
-}
-
-/// Applies the migrations not yet recorded, inside the caller's transaction.
-async fn migrate_steps(
-    conn: &mut PgConnection,
-    store: &PostgresStore,
-) -> std::result::Result<(), sqlx::Error> {
-    let t = &store.qualified;
-    // One lock for every session-store migration: schema creation races
-    // too, and migrations are rare.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind("session-store migrate")
-        .execute(&mut *conn)
-        .await?;
-    if let Some(schema) = &store.schema {
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .execute(&mut *conn)
-            .await?;
-    }
-    let migrations = store.migrations_table();
-    sqlx::query(&format!(
-        "CREATE TABLE IF NOT EXISTS {migrations} (
-            table_name text NOT NULL,
-            version bigint NOT NULL,
-            applied_at bigint NOT NULL,
-            PRIMARY KEY (table_name, version)
-        )"
-    ))
-    .execute(&mut *conn)
-    .await?;
-    let mut done: i64 = sqlx::query_scalar(&format!(
-        "SELECT COALESCE(MAX(version), 0) FROM {migrations} WHERE table_name = $1"
-    ))
-    .bind(&store.name)
-    .fetch_one(&mut *conn)
-    .await?;
-    let index = format!("\"{}{INDEX_SUFFIX}\"", store.name);
-    if done == 0 {
-        done = adopt_legacy(conn, store, &migrations, &index).await?;
-    }
-    for (version, statements) in MIGRATIONS {
-        if *version <= done {
-            continue;
-        }
-        for ddl in *statements {
-            let ddl = ddl.replace("{t}", t).replace("{index}", &index);
-            sqlx::query(&ddl).execute(&mut *conn).await?;
-        }
-        sqlx::query(&format!(
-            "INSERT INTO {migrations} (table_name, version, applied_at) VALUES ($1, $2, $3)"
-        ))
-        .bind(&store.name)
-        .bind(version)
-        .bind(now_millis())
-        .execute(&mut *conn)
-        .await?;
-        tracing::info!(table = %t, version, "session table migrated");
-    }
-    Ok(())
-}
-
-/// Adopts a table migrated by an earlier version of this crate, which
-/// recorded its migrations in `<table>_migrations` (columns `version` and
-/// `applied_at`) and named its index `<schema>_<table>_expires_at`; returns
-/// the version it had reached (0 when there is nothing to adopt).
-///
-/// A table of that name is taken for such a record only by its shape: it may
-/// as well be the session table of a store named `<table>_migrations`,
-/// which is left alone. The record moves to [`MIGRATIONS_TABLE`] and its old
-/// table is dropped, freeing the name for a store that wants it; the index,
-/// found by name among this table's own indexes only, is renamed for the
-/// same reason.
-async fn adopt_legacy(
-    conn: &mut PgConnection,
-    store: &PostgresStore,
-    migrations: &str,
-    index: &str,
-) -> std::result::Result<i64, sqlx::Error> {
-    let legacy = store.qualify(pg_identifier(&format!("{}_migrations", store.name)));
-    let columns: Vec<String> = sqlx::query_scalar(
-        "SELECT attname::text FROM pg_attribute
-         WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
-         ORDER BY attname",
-    )
-    .bind(&legacy)
-    .fetch_all(&mut *conn)
-    .await?;
-    if columns != ["applied_at", "version"] {
-        return Ok(0);
-    }
-    let table_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&store.qualified)
-        .fetch_one(&mut *conn)
-        .await?;
-    let mut done = 0;
-    if table_exists {
-        done = sqlx::query_scalar(&format!("SELECT COALESCE(MAX(version), 0) FROM {legacy}"))
-            .fetch_one(&mut *conn)
-            .await?;
-        sqlx::query(&format!(
-            "INSERT INTO {migrations} (table_name, version, applied_at)
-             SELECT $1, version, applied_at FROM {legacy} ON CONFLICT DO NOTHING"
-        ))
-        .bind(&store.name)
-        .execute(&mut *conn)
-        .await?;
-        let old_index = pg_identifier(&format!(
-            "{}_expires_at",
-            store.qualified.replace('.', "_").to_ascii_lowercase()
-        ))
-        .to_owned();
-        let found: Option<String> = sqlx::query_scalar(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i
-             JOIN pg_class c ON c.oid = i.indexrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE i.indrelid = to_regclass($1) AND c.relname = $2",
-        )
-        .bind(&store.qualified)
-        .bind(&old_index)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(old) = found {
-            sqlx::query(&format!("ALTER INDEX {old} RENAME TO {index}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        // Whatever became of the old index, the table has one now.
-        sqlx::query(&format!(
-            "CREATE INDEX IF NOT EXISTS {index} ON {} (expires_at)",
-            store.qualified
-        ))
-        .execute(&mut *conn)
-        .await?;
-    }
-    // Without its table the record is stale (the table was dropped by hand).
-    sqlx::query(&format!("DROP TABLE {legacy}"))
-        .execute(&mut *conn)
-        .await?;
-    tracing::info!(table = %store.qualified, version = done, "adopted the migration record of an earlier version");
-    Ok(done)
-}
-
-#[async_trait]
-impl SessionInterface for PostgresStore {
-    async fn exists(&self, id: &SessionId) -> Result<bool> {
-        let q = sqlx::query_scalar(&self.sql.exists).bind(&id.as_bytes()[..]);
-        self.run("exists", q.fetch_one(&self.pool)).await
-    }
-
-    async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
-        let q = sqlx::query(&self.sql.get).bind(&id.as_bytes()[..]);
-        let Some(row) = self.run("get", q.fetch_optional(&self.pool)).await? else {
-            return Ok(None);
-        };
-        let columns = (|| {
-            Ok::<_, sqlx::Error>((
-                row.try_get::<Vec<u8>, _>(0)?,
-                row.try_get::<i64, _>(1)?,
-                row.try_get::<i64, _>(2)?,
-            ))
-        })();
-        let (record, expires_at, version) =
-            columns.map_err(|e| Error::decode(self.context("get"), e))?;
-        let origin = format!("row {id} of table {}", self.qualified);
-        let mut session = codec::decode(*id, &record, &origin)?;
-        // The columns are authoritative: touch and update move only
-        // `expires_at`, never the expiry in the record's header.
-        session.set_expires_at_millis(expires_at);
-        let version = u64::try_from(version)
-            .map_err(|_| Error::decode(origin, format!("negative version {version}")))?;
-        session.set_version(version);
-        Ok(Some(session))
-    }
-
-    async fn set(&self, session: &Session) -> Result<()> {
-        let version = storable_version(session.id(), session.version())?;
-        let record = codec::encode(session, session.version())?;
-        let q = sqlx::query(&self.sql.set)
-            .bind(session.id().as_bytes().to_vec())
-            .bind(record)
-            .bind(session.expires_at_millis())
-            .bind(version);
-        self.run("set", q.execute(&self.pool)).await.map(drop)
-    }
-
-    async fn delete(&self, id: &SessionId) -> Result<()> {
-        let q = sqlx::query(&self.sql.delete).bind(&id.as_bytes()[..]);
-        self.run("delete", q.execute(&self.pool)).await.map(drop)
-    }
-
-    async fn create(&self, session: &Session) -> Result<()> {
-        let version = storable_version(session.id(), session.version())?;
-        let record = codec::encode(session, session.version())?;
-        let q = sqlx::query(&self.sql.create)
-            .bind(session.id().as_bytes().to_vec())
-            .bind(record)
-            .bind(session.expires_at_millis())
-            .bind(version);
-        if self
-            .run("create", q.execute(&self.pool))
-            .await?
-            .rows_affected()
-            == 1
-        {
-            Ok(())
-        } else {
-            Err(Error::IdCollision { id: session.id() })
-        }
-    }
-
-    async fn update(&self, session: &Session, expected_version: u64) -> Result<UpdateOutcome> {
-        // `next_version` keeps both versions within `i64`.
-        let version = next_version(session.id(), expected_version)?;
-        let record = codec::encode(session, version)?;
-        let id = session.id();
-        let id = &id.as_bytes()[..];
-        let q = sqlx::query_as::<_, (bool, bool)>(&self.sql.update)
-            .bind(id)
-            .bind(record)
-            .bind(session.expires_at_millis())
-            .bind(version as i64)
-            .bind(expected_version as i64);
-        let (live, saved) = self.run("update", q.fetch_one(&self.pool)).await?;
-        Ok(match (live, saved) {
-            (_, true) => UpdateOutcome::Updated { version },
-            (true, false) => UpdateOutcome::Conflict,
-            (false, false) => UpdateOutcome::Gone,
-        })
-    }
-
-    async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
-        // A version no record can hold binds as NULL, which equals nothing.
-        let expected = i64::try_from(expected_version).ok();
-        let q = sqlx::query_as::<_, (bool, bool)>(&self.sql.delete_if)
-            .bind(&id.as_bytes()[..])
-            .bind(expected);
-        let (live, deleted) = self.run("delete_if", q.fetch_one(&self.pool)).await?;
-        Ok(match (live, deleted) {
-            (_, true) => DeleteOutcome::Deleted,
-            (true, false) => DeleteOutcome::Conflict,
-            (false, false) => DeleteOutcome::Gone,
-        })
-    }
-
-    async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
-        let q = sqlx::query(&self.sql.touch)
-            .bind(&id.as_bytes()[..])
-            .bind(unix_millis(expires_at));
-        Ok(self
-            .run("touch", q.execute(&self.pool))
-            .await?
-            .rows_affected()
-            == 1)
-    }
-
-    async fn flush(&self) -> Result<u64> {
-        // One cutoff, the server's now at the start: what expired later is
-        // the next flush's work, so a steady trickle cannot keep this one
-        // running.
-        let cutoff: i64 = self
-            .run(
-                "flush",
-                sqlx::query_scalar(&self.sql.now).fetch_one(&self.pool),
-            )
-            .await?;
-        let mut total = 0;
-        loop {
-            let q = sqlx::query_as::<_, (i64, i64)>(&self.sql.flush).bind(cutoff);
-            let (found, deleted) = self.run("flush", q.fetch_one(&self.pool)).await?;
-            total += deleted.max(0) as u64;
-            if found == 0 {
-                return Ok(total);
-            }
-        }
-    }
-
-    async fn clear(&self) -> Result<()> {
-        loop {
-            let q = sqlx::query_scalar::<_, i64>(&self.sql.clear);
-            let found = self.run("clear", q.fetch_one(&self.pool)).await?;
-            if found == 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn len(&self) -> Result<u64> {
-        let q = sqlx::query_scalar::<_, i64>(&self.sql.len);
-        Ok(self.run("len", q.fetch_one(&self.pool)).await?.max(0) as u64)
+        self.engine.run("drop table", work).await
     }
 }
 
