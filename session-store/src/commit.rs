@@ -28,7 +28,7 @@ use crate::changes::replay;
 use crate::cookies::{removal_cookie, session_cookie};
 use crate::error::{Error, Result};
 use crate::id::SessionId;
-use crate::session::Session;
+use crate::session::{now_millis, Session};
 use crate::store::{DeleteOutcome, UpdateOutcome};
 
 /// How often `create` may collide before the generator is deemed broken.
@@ -109,6 +109,11 @@ impl ActiveSession {
                         return Ok(self.mark_gone());
                     }
                     self.expiry_moved = false;
+                } else if self.send_cookie && !self.store.exists(&self.session.id()).await? {
+                    // A cookie re-signed with the current key, for a session
+                    // a login or logout ended meanwhile: sending it could
+                    // overwrite the login's cookie.
+                    return Ok(self.mark_gone());
                 }
                 self.cookie_if_due()
             }
@@ -453,6 +458,16 @@ impl ActiveSession {
         old_id: SessionId,
         mut old_version: u64,
     ) -> Result<Option<Cookie<'static>>> {
+        // A request that touched the old record after this one loaded it
+        // wrote a later expiry without a new version, which the
+        // compare-and-delete cannot see: computing ours now (forward only)
+        // keeps the login from cutting it short.
+        let now_expiry = self
+            .config
+            .expiry(self.session.created_at_millis(), now_millis());
+        if now_expiry > self.session.expires_at_millis() {
+            self.session.set_expires_at_millis(now_expiry);
+        }
         // 1. A save of this request to the old record may be in doubt
         //    (regenerate() after a failed commit): settle it first, so the
         //    new record starts from what is really stored.
@@ -482,10 +497,20 @@ impl ActiveSession {
         // 2. The new record: created, then kept up to date with changes
         //    made after an earlier attempt.
         if self.regen.created_version.is_none() {
+            // Settling an earlier commit's create yields that record, which
+            // predates a rebuild: keep the rebuilt session and rewrite it.
+            let rebuilt = self.regen.stale.then(|| self.session.clone());
             self.session.set_version(1);
             self.regen.covers = self.create_private().await?;
             self.regen.created_version = Some(self.session.version());
-            self.regen.stale = false;
+            match rebuilt {
+                Some(mut rebuilt) => {
+                    rebuilt.set_id(self.session.id());
+                    rebuilt.set_version(self.session.version());
+                    self.session = rebuilt;
+                }
+                None => self.regen.stale = false,
+            }
         }
         if self.regen.stale || self.regen.covers < self.changes.len() {
             self.update_private().await?;
@@ -536,6 +561,9 @@ impl ActiveSession {
                         old_id,
                         old_version,
                     };
+                    // Stale until the rewrite lands, so a retried commit
+                    // that finds no doubt left still makes it.
+                    self.regen.stale = true;
                     self.update_private().await?;
                 }
             }
@@ -565,15 +593,19 @@ impl ActiveSession {
     }
 
     /// Saves the session to the regeneration's new record, which only this
-    /// request knows: nobody else writes it, so after a lost reply its
-    /// version alone tells whether the save landed.
+    /// request writes. After a lost reply the record is re-read: our write
+    /// id there means this attempt landed. A version bump alone proves
+    /// nothing: an attempt of an earlier commit, carrying fewer changes,
+    /// may have landed late. Every attempt writes the whole session, so
+    /// writing again on top of whatever landed is always right.
     async fn update_private(&mut self) -> Result<()> {
         let id = self.session.id();
         let mut version = self.regen.created_version.unwrap_or(1);
         for _ in 0..self.config.max_commit_attempts {
             let covers = self.changes.len();
+            let write_id = rand::rng().next_u64();
             self.session.set_recent_writes(Vec::new());
-            self.session.stamp_write(rand::rng().next_u64());
+            self.session.stamp_write(write_id);
             let failure = match self.store.update(&self.session, version).await {
                 Ok(UpdateOutcome::Updated { version }) => {
                     self.regen.created_version = Some(version);
@@ -593,17 +625,16 @@ impl ActiveSession {
                 Err(e) => return Err(e),
             };
             match self.reread(&id).await {
-                Ok(Some(stored)) if stored.version() > version => {
-                    // Ours (an earlier attempt) landed.
+                Ok(Some(stored)) if stored.recent_writes().contains(&write_id) => {
                     self.regen.created_version = Some(stored.version());
-                    if failure.is_some() {
-                        self.regen.covers = covers;
-                        self.regen.stale = false;
-                        return Ok(());
-                    }
-                    version = stored.version();
+                    self.regen.covers = covers;
+                    self.regen.stale = false;
+                    return Ok(());
                 }
-                Ok(Some(_)) => {}
+                Ok(Some(stored)) => {
+                    version = stored.version();
+                    self.regen.created_version = Some(version);
+                }
                 Ok(None) | Err(_) => {
                     return Err(failure.unwrap_or_else(|| {
                         Error::backend(

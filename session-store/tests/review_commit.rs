@@ -494,3 +494,173 @@ async fn a_login_absorbing_its_landed_save_keeps_a_newer_flash() {
         Some("second")
     );
 }
+
+// The violations the review found, fixed since: each failed before its fix.
+
+/// A save carried into the new record during a login, whose rewrite of the
+/// new record failed: the retried commit (no doubt left to settle) still
+/// rewrites it, so the acknowledged save is not lost.
+#[tokio::test]
+async fn a_carried_save_whose_private_rewrite_failed_survives_the_retry() {
+    let (store, manager, cookie) = setup().await;
+    let mut login = manager.start(&jar(&cookie)).await.unwrap();
+    login.insert("user", "ada").unwrap();
+    login.regenerate().unwrap();
+    foreign_insert(&manager, &cookie, "theme", "dark").await;
+    // create, delete_if conflicts, re-read, rebase, then the private
+    // rewrite fails before it is sent.
+    Scripted::script(&store.updates, &[fault(Fault::Unsent)]);
+    assert!(matches!(
+        login.commit().await,
+        Err(Error::Unavailable { .. })
+    ));
+    let new = login.commit().await.unwrap().expect("the login's cookie");
+    let after = manager.start(&jar(&new)).await.unwrap();
+    assert_eq!(after.get::<String>("user").unwrap().as_deref(), Some("ada"));
+    assert_eq!(
+        after.get::<String>("theme").unwrap().as_deref(),
+        Some("dark"),
+        "an acknowledged save was lost by the login"
+    );
+}
+
+/// Step 1 rebuilds the session from a newer old record, then step 2
+/// settles an earlier commit's create, whose record predates the rebuild:
+/// the rebuilt session is what the new record ends up holding.
+#[tokio::test]
+async fn a_create_in_doubt_settled_after_a_rebuild_keeps_a_foreign_save() {
+    let (store, manager, cookie) = setup().await;
+    let mut s = manager.start(&jar(&cookie)).await.unwrap();
+    debit(&mut s, 10);
+    // 1st commit: the save is lost without landing; the re-read fails.
+    Scripted::script(&store.updates, &[fault(Fault::LostUnapplied)]);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    assert!(s.commit().await.is_err());
+    store.get_fails.store(0, Ordering::SeqCst);
+    s.regenerate().unwrap();
+    // 2nd commit: step 1 re-reads the old record (fine), the create lands
+    // with its reply lost, and the new record cannot be re-read.
+    Scripted::script(&store.gets, &[PASS]);
+    Scripted::script(&store.creates, &[fault(Fault::AppliedThenLost)]);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    assert!(s.commit().await.is_err());
+    store.get_fails.store(0, Ordering::SeqCst);
+    // Another request saves to the old record, acknowledged.
+    foreign_insert(&manager, &cookie, "theme", "dark").await;
+    let new = s.commit().await.unwrap().expect("the login's cookie");
+    let after = manager.start(&jar(&new)).await.unwrap();
+    assert_eq!(after.get::<i64>("balance").unwrap(), Some(90));
+    assert_eq!(
+        after.get::<String>("theme").unwrap().as_deref(),
+        Some("dark"),
+        "an acknowledged save was lost by the login"
+    );
+}
+
+/// A private save of an earlier commit (carrying fewer changes) lands late,
+/// just before the retry's save, whose reply is lost: the version bump is
+/// not taken for the retry's own write (write ids tell), so the change made
+/// before the retry reaches the record.
+#[tokio::test]
+async fn a_late_private_save_is_not_mistaken_for_the_retry() {
+    let (store, manager, cookie) = setup().await;
+    let mut login = manager.start(&jar(&cookie)).await.unwrap();
+    login.insert("user", "ada").unwrap();
+    login.regenerate().unwrap();
+    // 1st commit: new record created, retirement fails before it is sent.
+    Scripted::script(&store.delete_ifs, &[fault(Fault::Unsent)]);
+    assert!(login.commit().await.is_err());
+    // 2nd commit: one more change; its private save stays in flight.
+    login.insert("theme", "dark").unwrap();
+    Scripted::script(&store.updates, &[fault(Fault::Deferred)]);
+    store.get_fails.store(1000, Ordering::SeqCst);
+    assert!(login.commit().await.is_err());
+    store.get_fails.store(0, Ordering::SeqCst);
+    // 3rd commit: another change; the 2nd commit's save lands first, this
+    // save (now a conflict) loses its reply.
+    login.insert("lang", "fr").unwrap();
+    Scripted::script(
+        &store.updates,
+        &[Step {
+            land_first: true,
+            fault: Some(Fault::LostUnapplied),
+        }],
+    );
+    let new = login.commit().await.unwrap().expect("the login's cookie");
+    let after = manager.start(&jar(&new)).await.unwrap();
+    assert_eq!(
+        after.get::<String>("theme").unwrap().as_deref(),
+        Some("dark")
+    );
+    assert_eq!(
+        after.get::<String>("lang").unwrap().as_deref(),
+        Some("fr"),
+        "a change made before the retried commit is missing"
+    );
+}
+
+/// A read-only request whose cookie was signed with a rotated-out key
+/// would re-issue it; a parallel login retired the token first: no cookie
+/// (it could overwrite the login's).
+#[tokio::test]
+async fn no_re_signed_cookie_is_sent_after_a_login_retired_it() {
+    use session_store::cookie::Key;
+    let (old_key, new_key) = (Key::generate(), Key::generate());
+    let store: Arc<dyn SessionInterface> = Arc::new(ReferenceStore::new());
+    let keys = |keys: Vec<Key>| SessionConfig {
+        signing_keys: keys,
+        ..dev()
+    };
+    let old = SessionManager::new(store.clone(), keys(vec![old_key.clone()])).unwrap();
+    let mut s = old.start(&CookieJar::new()).await.unwrap();
+    s.insert("n", &1u8).unwrap();
+    let cookie = s.commit().await.unwrap().unwrap();
+    let rotated = SessionManager::new(store, keys(vec![new_key, old_key])).unwrap();
+    let mut reader = rotated.start(&jar(&cookie)).await.unwrap();
+    // Without the login, the reader would re-sign the cookie.
+    let mut twin = rotated.start(&jar(&cookie)).await.unwrap();
+    assert!(twin.commit().await.unwrap().is_some(), "re-signed");
+    let mut login = rotated.start(&jar(&cookie)).await.unwrap();
+    login.regenerate().unwrap();
+    login.commit().await.unwrap().expect("the login's cookie");
+    let answer = reader.commit().await.unwrap();
+    assert!(
+        answer.is_none(),
+        "a cookie for the retired pre-login token: {answer:?}"
+    );
+}
+
+/// A touch does not bump the version, so the login's compare-and-delete
+/// cannot see a later expiry a faster request wrote: the login computes its
+/// own expiry at commit time, never earlier than that one.
+#[tokio::test]
+async fn a_login_does_not_cut_short_an_expiry_a_faster_request_extended() {
+    let config = SessionConfig {
+        touch_after: Duration::ZERO,
+        ..dev()
+    };
+    let (store, manager, cookie) = setup_with(config).await;
+    let mut login = manager.start(&jar(&cookie)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut fast = manager.start(&jar(&cookie)).await.unwrap();
+    fast.commit().await.unwrap();
+    let extended = store
+        .get(&fast.id())
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_at_millis();
+    login.regenerate().unwrap();
+    login.commit().await.unwrap().expect("the login's cookie");
+    let after = store
+        .get(&login.id())
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_at_millis();
+    assert!(
+        after >= extended,
+        "the login moved the expiry back by {} ms",
+        extended - after
+    );
+}
