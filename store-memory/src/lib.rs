@@ -18,6 +18,8 @@
 //! ```
 #![warn(missing_docs)]
 
+use std::hash::BuildHasherDefault;
+
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
@@ -60,7 +62,7 @@ impl Record {
 /// The in-memory store. Each instance is its own namespace.
 #[derive(Debug)]
 pub struct MemoryStore {
-    map: DashMap<SessionId, Record, IdHasher>,
+    map: DashMap<SessionId, Record, BuildHasherDefault<IdHasher>>,
 }
 
 /// Hashes a [`SessionId`] by its first eight bytes. An id is already a
@@ -83,14 +85,6 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-impl std::hash::BuildHasher for IdHasher {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
 /// Lock shards. `flush` and `len` walk the map one shard at a time, holding
 /// that shard's lock: with 128 shards a million sessions make ~8,000 per
 /// shard, so other requests wait about a millisecond at most, not 20.
@@ -102,7 +96,11 @@ const FLUSH_BATCH: usize = 1024;
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore {
-            map: DashMap::with_capacity_and_hasher_and_shard_amount(0, IdHasher::default(), SHARDS),
+            map: DashMap::with_capacity_and_hasher_and_shard_amount(
+                0,
+                BuildHasherDefault::default(),
+                SHARDS,
+            ),
         }
     }
 }
@@ -247,5 +245,41 @@ impl SessionInterface for MemoryStore {
     async fn len(&self) -> Result<u64> {
         let now = now_millis();
         Ok(self.map.iter().filter(|r| r.is_live(now)).count() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher as _;
+    use std::time::Duration;
+
+    use session_store::SessionToken;
+
+    use super::*;
+
+    #[test]
+    fn ids_hash_apart() {
+        let hasher = BuildHasherDefault::<IdHasher>::default();
+        let hashes: HashSet<u64> = (0..1000)
+            .map(|_| hasher.hash_one(SessionToken::generate().id()))
+            .collect();
+        assert_eq!(
+            hashes.len(),
+            1000,
+            "ids share hashes: one shard, long chains"
+        );
+    }
+
+    #[tokio::test]
+    async fn flush_counts_what_it_removed() {
+        let store = MemoryStore::new();
+        for idle in [50, 50, 60_000] {
+            let session = Session::new(SessionToken::generate().id(), Duration::from_millis(idle));
+            store.create(&session).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(store.flush().await.unwrap(), 2);
+        assert_eq!(store.len().await.unwrap(), 1);
     }
 }
