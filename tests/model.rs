@@ -1307,6 +1307,47 @@ fn manager_on_redis_matches_the_model() {
     on_redis(|runtime, store| run_manager_model(runtime, "redis", store, 32));
 }
 
+/// Runs `run` on a Redis Cluster store (`REDIS_CLUSTER_URL`) with a prefix
+/// of its own; skips (or fails under `CI`) when the cluster is unreachable.
+#[cfg(feature = "redis")]
+fn on_redis_cluster(run: impl FnOnce(&Runtime, Arc<dyn SessionInterface>)) {
+    use server_session::redis::{RedisClusterConfig, RedisClusterStore};
+    let url = common::redis_cluster_url();
+    let runtime = runtime();
+    let store = runtime.block_on(async {
+        RedisClusterStore::connect_with(RedisClusterConfig {
+            prefix: common::unique("test:model:") + ":",
+            ..RedisClusterConfig::from_url(&url)?
+        })
+        .await
+    });
+    match store {
+        Ok(store) => {
+            let store: Arc<dyn SessionInterface> = Arc::new(store);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&runtime, store.clone())
+            }));
+            runtime.block_on(store.clear()).ok();
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(e) => common::unreachable("redis cluster", &url, e),
+    }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_cluster_store_matches_the_model() {
+    on_redis_cluster(|runtime, store| run_model(runtime, "redis cluster", store, 24));
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn manager_on_redis_cluster_matches_the_model() {
+    on_redis_cluster(|runtime, store| run_manager_model(runtime, "redis cluster", store, 32));
+}
+
 /// Runs `run` on a PostgreSQL table of its own, dropped afterwards; skips
 /// (or fails under `CI`) when the server is unreachable.
 #[cfg(feature = "postgres")]

@@ -1,0 +1,394 @@
+//! The per-session operations, written once for both stores. Each touches
+//! exactly one key (`<prefix><64 hex digits>`), so it runs as it is on a
+//! single Redis and on a cluster, where the client routes it to the master
+//! of the key's slot. What differs between the two stores is how a
+//! connection is had and how a failure is typed: the [`Transport`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands as _, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+use session_store::backend::{next_version, storable_version};
+use session_store::time::OffsetDateTime;
+use session_store::{
+    codec, unix_millis, DeleteOutcome, Error, Result, Session, SessionId, UpdateOutcome,
+    MAX_VERSION,
+};
+
+use crate::cluster::Cluster;
+use crate::scripts::{Lua, Scripts};
+use crate::single::Server;
+use crate::{not_a_record, pxat, WRONG_TYPE};
+
+/// How a store reaches Redis.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// One server, through a pool.
+    Server(Server),
+    /// A cluster, through the cluster client.
+    Cluster(Cluster),
+}
+
+/// A connection of either transport (each shared by many requests at once).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Transport {
+    /// The store's name in errors.
+    fn store(&self) -> &'static str {
+        match self {
+            Transport::Server(_) => Server::STORE,
+            Transport::Cluster(_) => Cluster::STORE,
+        }
+    }
+
+    /// Runs `op` on a connection within the operation timeout and types its
+    /// failure: [`Error::Unavailable`] when the request certainly did not
+    /// run, [`Error::Backend`] (it may have) otherwise, both naming `what`
+    /// and the address. `op` is called again only after an answer that says
+    /// the request did not run (see each transport's `run`).
+    async fn run<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match self {
+            Transport::Server(server) => server.run(what, |conn| op(Conn::Server(conn))).await,
+            Transport::Cluster(cluster) => cluster.run(what, |conn| op(Conn::Cluster(conn))).await,
+        }
+    }
+
+    /// `what` and the store's address, as errors name them.
+    fn context(&self, what: &str) -> String {
+        match self {
+            Transport::Server(server) => server.context(what),
+            Transport::Cluster(cluster) => cluster.context(what),
+        }
+    }
+}
+
+/// How many replicas must have a write before it is acknowledged, and for
+/// how long to wait for them (`WAIT replicas timeout`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReplicaWait {
+    pub(crate) replicas: usize,
+    pub(crate) timeout: Duration,
+}
+
+/// One namespace (key prefix) of a Redis, single or clustered.
+#[derive(Clone)]
+pub(crate) struct Keyspace {
+    pub(crate) transport: Transport,
+    pub(crate) prefix: String,
+    pub(crate) scripts: Arc<Scripts>,
+    pub(crate) replica_wait: Option<ReplicaWait>,
+}
+
+/// Sends `write`, followed, when the store waits for replicas, by `WAIT`
+/// on the same connection: `WAIT` covers every write its connection sent
+/// before it, so this one too. Returns the write's reply and how many
+/// replicas acknowledged it (`None` when not waiting).
+async fn send<C, R>(
+    conn: &mut C,
+    write: Cmd,
+    replica_wait: Option<ReplicaWait>,
+) -> RedisResult<(R, Option<i64>)>
+where
+    C: ConnectionLike + Send,
+    R: FromRedisValue,
+{
+    let Some(wait) = replica_wait else {
+        return Ok((write.query_async(conn).await?, None));
+    };
+    // WAIT 0 would block for ever: at least 1 ms.
+    let timeout_ms = wait.timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+    let (reply, acked): (R, i64) = redis::pipe()
+        .add_command(write)
+        .cmd("WAIT")
+        .arg(wait.replicas)
+        .arg(timeout_ms)
+        .query_async(conn)
+        .await?;
+    Ok((reply, Some(acked)))
+}
+
+/// [`send`]s a script call: by hash, and by body if the server does not
+/// know the script (nothing ran then).
+async fn send_script<C, R>(
+    conn: &mut C,
+    lua: &Lua,
+    key: &str,
+    args: &[&[u8]],
+    replica_wait: Option<ReplicaWait>,
+) -> RedisResult<(R, Option<i64>)>
+where
+    C: ConnectionLike + Send,
+    R: FromRedisValue,
+{
+    match send(conn, lua.by_hash(&[key], args), replica_wait).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            send(conn, lua.by_body(&[key], args), replica_wait).await
+        }
+        other => other,
+    }
+}
+
+impl Keyspace {
+    pub(crate) fn key(&self, id: &SessionId) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 64);
+        key.push_str(&self.prefix);
+        id.push_hex(&mut key);
+        key
+    }
+
+    /// A write that landed on the master but on fewer replicas than asked
+    /// within the wait is reported as a backend error: it may have been
+    /// applied (it was, on the master), so the manager re-reads it rather
+    /// than taking it for not done, and the caller learns it is not yet as
+    /// durable as asked. `wrote` is whether the operation changed anything.
+    fn check_replicas(&self, what: &'static str, wrote: bool, acked: Option<i64>) -> Result<()> {
+        let (Some(wait), Some(acked)) = (self.replica_wait, acked) else {
+            return Ok(());
+        };
+        if !wrote || acked >= wait.replicas as i64 {
+            return Ok(());
+        }
+        tracing::warn!(
+            operation = what,
+            acked,
+            wanted = wait.replicas,
+            "a write was acknowledged by fewer replicas than asked"
+        );
+        Err(Error::backend(
+            self.transport.store(),
+            self.transport.context(what),
+            format!(
+                "applied on the master, but {acked} of the {} replicas asked acknowledged it \
+                 within {:?}; a failover now could lose it",
+                wait.replicas, wait.timeout
+            ),
+        ))
+    }
+
+    pub(crate) async fn exists(&self, id: &SessionId) -> Result<bool> {
+        let key = &self.key(id);
+        self.transport
+            .run(
+                "exists",
+                move |mut conn| async move { conn.exists(key).await },
+            )
+            .await
+    }
+
+    pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
+        let key = &self.key(id);
+        // `GET` and `TIME` pipelined: one round trip, and the record is
+        // judged by Redis's clock like every other operation, not the app's
+        // (on a cluster, the clock of the master that holds the key, as
+        // for the scripts). A value of another type answers `GET` with
+        // WRONGTYPE: a corrupt record, not a failed connection, so it is
+        // taken as an answer here rather than failing the call.
+        let fetched: std::result::Result<(Option<Vec<u8>>, i64), ()> = self
+            .transport
+            .run("get", move |mut conn| async move {
+                let (value, (secs, micros)): (RedisResult<Option<Vec<u8>>>, (i64, i64)) =
+                    redis::pipe()
+                        .ignore_errors()
+                        .cmd("GET")
+                        .arg(key)
+                        .cmd("TIME")
+                        .query_async(&mut conn)
+                        .await?;
+                let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+                match value {
+                    Ok(bytes) => Ok(Ok((bytes, now_ms))),
+                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(Err(())),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        let Ok((bytes, now_ms)) = fetched else {
+            return Err(Error::decode(key, WRONG_TYPE));
+        };
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let header = codec::header(&bytes, key)?;
+        if !(1..=MAX_VERSION).contains(&header.version) {
+            return Err(Error::decode(
+                key,
+                format!(
+                    "stored version {} is outside 1..=MAX_VERSION",
+                    header.version
+                ),
+            ));
+        }
+        if header.expires_at_ms <= now_ms {
+            return Ok(None);
+        }
+        codec::decode(*id, &bytes, key).map(Some)
+    }
+
+    pub(crate) async fn set(&self, session: &Session) -> Result<()> {
+        let id = session.id();
+        storable_version(id, session.version())?;
+        let key = self.key(&id);
+        let bytes = &codec::encode(session, session.version())?;
+        // An expiry already past by Redis's clock stores nothing: Redis
+        // drops a key whose PXAT has passed.
+        let mut write = redis::cmd("SET");
+        write
+            .arg(key)
+            .arg(bytes)
+            .arg("PXAT")
+            .arg(pxat(session.expires_at_millis()));
+        let (write, wait) = (&write, self.replica_wait);
+        let ((), acked) = self
+            .transport
+            .run("set", move |mut conn| async move {
+                send(&mut conn, write.clone(), wait).await
+            })
+            .await?;
+        self.check_replicas("set", true, acked)
+    }
+
+    pub(crate) async fn delete(&self, id: &SessionId) -> Result<()> {
+        let mut write = redis::cmd("DEL");
+        write.arg(self.key(id));
+        let (write, wait) = (&write, self.replica_wait);
+        let ((), acked) = self
+            .transport
+            .run("delete", move |mut conn| async move {
+                send(&mut conn, write.clone(), wait).await
+            })
+            .await?;
+        self.check_replicas("delete", true, acked)
+    }
+
+    pub(crate) async fn create(&self, session: &Session) -> Result<()> {
+        let id = session.id();
+        storable_version(id, session.version())?;
+        let key = self.key(&id);
+        let bytes = &codec::encode(session, session.version())?;
+        let mut write = redis::cmd("SET");
+        write
+            .arg(key)
+            .arg(bytes)
+            .arg("NX")
+            .arg("PXAT")
+            .arg(pxat(session.expires_at_millis()));
+        let (write, wait) = (&write, self.replica_wait);
+        let (stored, acked): (Option<String>, _) = self
+            .transport
+            .run("create", move |mut conn| async move {
+                send(&mut conn, write.clone(), wait).await
+            })
+            .await?;
+        self.check_replicas("create", stored.is_some(), acked)?;
+        match stored {
+            Some(_) => Ok(()),
+            None => Err(Error::IdCollision { id }),
+        }
+    }
+
+    pub(crate) async fn update(
+        &self,
+        session: &Session,
+        expected_version: u64,
+    ) -> Result<UpdateOutcome> {
+        let id = session.id();
+        let version = next_version(id, expected_version)?;
+        let key = &self.key(&id);
+        let bytes = &codec::encode(session, version)?;
+        let expected = expected_version.to_be_bytes();
+        let (lua, wait) = (&self.scripts.update, self.replica_wait);
+        let (outcome, acked): (i64, _) = self
+            .transport
+            .run("update", move |mut conn| async move {
+                send_script(&mut conn, lua, key, &[&expected, bytes], wait).await
+            })
+            .await?;
+        self.check_replicas("update", outcome == 2, acked)?;
+        match outcome {
+            2 => Ok(UpdateOutcome::Updated { version }),
+            1 => Ok(UpdateOutcome::Conflict),
+            0 => Ok(UpdateOutcome::Gone),
+            code => Err(not_a_record(key.clone(), code)),
+        }
+    }
+
+    pub(crate) async fn delete_if(
+        &self,
+        id: &SessionId,
+        expected_version: u64,
+    ) -> Result<DeleteOutcome> {
+        let key = &self.key(id);
+        let expected = expected_version.to_be_bytes();
+        let (lua, wait) = (&self.scripts.delete_if, self.replica_wait);
+        let (outcome, acked): (i64, _) = self
+            .transport
+            .run("delete_if", move |mut conn| async move {
+                send_script(&mut conn, lua, key, &[&expected], wait).await
+            })
+            .await?;
+        self.check_replicas("delete_if", outcome == 2, acked)?;
+        match outcome {
+            2 => Ok(DeleteOutcome::Deleted),
+            1 => Ok(DeleteOutcome::Conflict),
+            0 => Ok(DeleteOutcome::Gone),
+            code => Err(not_a_record(key.clone(), code)),
+        }
+    }
+
+    pub(crate) async fn touch(&self, id: &SessionId, expires_at: OffsetDateTime) -> Result<bool> {
+        let key = &self.key(id);
+        let expires_at = unix_millis(expires_at).to_be_bytes();
+        let (lua, wait) = (&self.scripts.touch, self.replica_wait);
+        let (outcome, acked): (i64, _) = self
+            .transport
+            .run("touch", move |mut conn| async move {
+                send_script(&mut conn, lua, key, &[&expires_at], wait).await
+            })
+            .await?;
+        self.check_replicas("touch", outcome == 1, acked)?;
+        match outcome {
+            1 => Ok(true),
+            0 => Ok(false),
+            code => Err(not_a_record(key.clone(), code)),
+        }
+    }
+}
