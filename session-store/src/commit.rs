@@ -419,7 +419,14 @@ impl ActiveSession {
                         self.session = next;
                         return Ok(doubt.covers);
                     }
-                    Ok(_) => {
+                    Ok(Some(_)) => {
+                        // Another writer's record under this id (only a
+                        // colliding custom token generator makes one): not
+                        // ours to use or to delete.
+                        tracing::warn!(%id, "a create whose reply was lost found another session under its id; using another id");
+                        self.fresh_id()?;
+                    }
+                    Ok(None) => {
                         tracing::debug!(%id, "a create whose reply was lost is not there; using another id");
                         self.discarded.push(id);
                         self.fresh_id()?;

@@ -335,6 +335,14 @@ mod tests {
     }
 
     #[test]
+    fn a_session_is_expired_once_its_expiry_has_passed() {
+        let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+        assert!(!s.is_expired());
+        s.set_expires_at_millis(now_millis() - 1);
+        assert!(s.is_expired());
+    }
+
+    #[test]
     fn typed_values_round_trip_and_wrong_types_fail() {
         let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
         s.insert("n", &42u64).unwrap();

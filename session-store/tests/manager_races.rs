@@ -93,6 +93,11 @@ struct Faulty {
     /// `delete_if` is sent.
     delete_if_deferred: AtomicU32,
     deferred_delete: Mutex<Option<(SessionId, u64)>>,
+    /// `create` fails before sending anything.
+    create_unsent: AtomicU32,
+    /// `create` reports a timeout without writing, and another writer's
+    /// session appears under the same id (a colliding token generator).
+    create_lost_to_another: AtomicU32,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -140,6 +145,16 @@ impl SessionInterface for Faulty {
     }
     async fn create(&self, session: &Session) -> Result<()> {
         self.creates.fetch_add(1, Ordering::SeqCst);
+        if take(&self.create_unsent) {
+            return Err(unsent());
+        }
+        if take(&self.create_lost_to_another) {
+            let mut other = Session::new(session.id(), Duration::from_secs(60));
+            other.insert("owner", "someone else").unwrap();
+            other.stamp_write(u64::MAX);
+            self.inner.create(&other).await?;
+            return Err(lost_reply());
+        }
         if take(&self.create_collides) {
             return Err(Error::IdCollision { id: session.id() });
         }
@@ -1009,5 +1024,42 @@ async fn a_retried_login_carries_saves_that_landed_after_its_new_record() {
         after.get::<String>("theme").unwrap().as_deref(),
         Some("dark"),
         "an acknowledged save was lost by the login"
+    );
+}
+
+/// A new session's create that failed before it was sent: the store's
+/// error, no re-read.
+#[tokio::test]
+async fn a_create_never_sent_is_reported_without_a_re_read() {
+    let store = Arc::new(Faulty::default());
+    let manager = SessionManager::new(store.clone(), dev()).unwrap();
+    let mut s = manager.start(&CookieJar::new()).await.unwrap();
+    s.insert("k", &1u8).unwrap();
+    store.create_unsent.store(1, Ordering::SeqCst);
+    assert!(matches!(s.commit().await, Err(Error::Unavailable { .. })));
+    assert_eq!(store.gets.load(Ordering::SeqCst), 0);
+    assert_eq!(store.len().await.unwrap(), 0);
+}
+
+/// A create whose reply was lost finds, on re-read, another writer's
+/// session under its id: that session is neither taken over nor deleted;
+/// ours is stored under a new id.
+#[tokio::test]
+async fn a_lost_create_never_takes_over_another_session_under_its_id() {
+    let store = Arc::new(Faulty::default());
+    let manager = SessionManager::new(store.clone(), dev()).unwrap();
+    let mut s = manager.start(&CookieJar::new()).await.unwrap();
+    let first_id = s.id();
+    s.insert("owner", "me").unwrap();
+    store.create_lost_to_another.store(1, Ordering::SeqCst);
+    let cookie = s.commit().await.unwrap().expect("a cookie");
+    let mine = manager.start(&jar(&cookie)).await.unwrap();
+    assert_ne!(mine.id(), first_id);
+    assert_eq!(mine.get::<String>("owner").unwrap().as_deref(), Some("me"));
+    s.commit().await.unwrap();
+    let theirs = store.get(&first_id).await.unwrap().expect("not deleted");
+    assert_eq!(
+        theirs.get::<String>("owner").unwrap().as_deref(),
+        Some("someone else")
     );
 }
