@@ -297,7 +297,7 @@ impl Dialect for MysqlDialect {
                 .await?;
             Ok::<_, BoxError>(())
         };
-        store.run_boxed("migrate", work).await
+        store.run_migration(work).await
     }
 
     async fn update(&self, store: &SqlStore<Self>, update: Update<'_>) -> Result<Judged> {

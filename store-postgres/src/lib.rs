@@ -303,7 +303,7 @@ impl Dialect for PostgresDialect {
             store.apply_migrations(&mut tx, &self.key).await?;
             tx.commit().await
         };
-        store.run("migrate", work).await
+        store.run_migration(work).await
     }
 
     async fn update(&self, store: &SqlStore<Self>, update: Update<'_>) -> Result<Judged> {

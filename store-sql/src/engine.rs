@@ -15,6 +15,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use crate::{Batches, Clock, Connection, Connections, Dialect, Statements, Update};
 use crate::{DELETE_BATCH, INDEX_SUFFIX};
 
+/// The least time a migration may take, its wait for the lock included.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The parts a dialect assembles a [`SqlStore`] from.
 pub struct Setup<D: Dialect> {
     /// The dialect, with whatever state its own steps need.
@@ -144,6 +147,25 @@ impl<D: Dialect> SqlStore<D> {
             self.operation_timeout,
             || self.context(what),
             unsent,
+            work,
+        )
+        .await
+    }
+
+    /// [`run`](Self::run) for a migration, within [`MIGRATION_TIMEOUT`] (or
+    /// the operation timeout, if longer): migrations queue on one lock per
+    /// database, and many stores starting at once (a deploy, a test run)
+    /// wait their turn rather than fail.
+    pub async fn run_migration<T, E: Into<BoxError>>(
+        &self,
+        work: impl Future<Output = std::result::Result<T, E>>,
+    ) -> Result<T> {
+        let work = async { work.await.map_err(Into::into) };
+        timed_unsent_aware(
+            D::STORE,
+            self.operation_timeout.max(MIGRATION_TIMEOUT),
+            || self.context("migrate"),
+            |e: &BoxError| e.downcast_ref::<sqlx::Error>().is_some_and(unsent),
             work,
         )
         .await

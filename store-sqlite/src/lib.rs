@@ -264,7 +264,7 @@ impl Dialect for SqliteDialect {
             sqlx::query(end).execute(&mut *conn).await?;
             steps
         };
-        store.run("migrate", work).await
+        store.run_migration(work).await
     }
 
     async fn update(&self, store: &SqlStore<Self>, update: Update<'_>) -> Result<Judged> {
