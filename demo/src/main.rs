@@ -1,8 +1,9 @@
 //! The server-session demo: the original library's quote page, in Rust.
 //!
 //! `cargo run -p server-session-demo` serves http://127.0.0.1:3000 with
-//! sessions in `./sessions.db` (SQLite). `--store` picks another backend:
-//! `memory`, `fs://DIR`, `redis://HOST:PORT`, `postgres://USER@HOST/DB`.
+//! sessions in `./sessions.db` (SQLite). `--store` picks another backend by
+//! URL (`server_session::open`): `memory`, `fs://DIR`, `redis://HOST:PORT`,
+//! `postgres://USER@HOST/DB`, `mysql://USER@HOST/DB`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::Router;
 use clap::Parser;
 use serde::Deserialize;
 use server_session::axum::{Session, SessionLayer, SessionRejection};
-use server_session::{SessionConfig, SessionInterface, SessionManager};
+use server_session::{OpenOptions, SessionConfig, SessionInterface, SessionManager};
 
 const DEFAULT_QUOTE: &str = "initial quote";
 const MAX_QUOTE: usize = 10_000;
@@ -28,7 +29,7 @@ struct Args {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
-    /// Session store URL: sqlite://PATH, memory, fs://DIR, redis://..., postgres://...
+    /// Session store URL: sqlite://PATH, memory, fs://DIR, redis://..., postgres://..., mysql://...
     #[arg(long, default_value = "sqlite://sessions.db")]
     store: String,
     /// Mark cookies Secure (serve behind HTTPS then).
@@ -39,71 +40,19 @@ struct Args {
     flush_every: u64,
 }
 
-/// The backends compiled into this binary, for `--store` and its errors.
-fn compiled_backends() -> Vec<&'static str> {
-    [
-        (cfg!(feature = "sqlite"), "sqlite://PATH"),
-        (cfg!(feature = "memory"), "memory"),
-        (cfg!(feature = "fs"), "fs://DIR"),
-        (cfg!(feature = "redis"), "redis://HOST:PORT"),
-        (cfg!(feature = "postgres"), "postgres://USER@HOST/DB"),
-    ]
-    .into_iter()
-    .filter_map(|(on, name)| on.then_some(name))
-    .collect()
-}
-
+/// Opens the store `--store` names (see `server_session::open` for the
+/// URLs). The demo keeps its Redis keys under `demo:session:` and, on a
+/// database server it may share, its rows in `demo_sessions`, unless the
+/// URL says otherwise (`?prefix=`, `?table=`); a SQLite file is its own,
+/// with the default table.
 async fn open_store(url: &str) -> Result<Arc<dyn SessionInterface>, String> {
-    let scheme = url.split("://").next().unwrap_or(url);
-    let store: Arc<dyn SessionInterface> = match scheme {
-        #[cfg(feature = "sqlite")]
-        "sqlite" => {
-            let store = server_session::SqliteStore::connect(url)
-                .await
-                .map_err(|e| e.to_string())?;
-            store.migrate().await.map_err(|e| e.to_string())?;
-            Arc::new(store)
-        }
-        #[cfg(feature = "memory")]
-        "memory" => Arc::new(server_session::MemoryStore::new()),
-        #[cfg(feature = "fs")]
-        "fs" => {
-            let dir = url.trim_start_matches("fs://");
-            Arc::new(
-                server_session::FsStore::open(dir)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => Arc::new(
-            server_session::RedisStore::connect_with(server_session::RedisConfig {
-                prefix: "demo:session:".into(),
-                ..server_session::RedisConfig::new(url)
-            })
-            .await
-            .map_err(|e| e.to_string())?,
-        ),
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => {
-            let store =
-                server_session::PostgresStore::connect_with(server_session::PostgresConfig {
-                    table: "demo_sessions".into(),
-                    ..server_session::PostgresConfig::new(url)
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            store.migrate().await.map_err(|e| e.to_string())?;
-            Arc::new(store)
-        }
-        _ => {
-            return Err(format!(
-                "unknown store {url:?}; this build offers: {}",
-                compiled_backends().join(", ")
-            ))
-        }
-    };
-    Ok(store)
+    let mut options = OpenOptions::new().default_prefix("demo:session:");
+    if !url.trim_start().to_ascii_lowercase().starts_with("sqlite:") {
+        options = options.default_table("demo_sessions");
+    }
+    server_session::open_with(url, &options)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn escape(text: &str) -> String {
@@ -326,7 +275,10 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening on http://{addr} (store: {})", args.store);
+    println!(
+        "listening on http://{addr} (store: {})",
+        server_session::open::redact_url(&args.store)
+    );
     axum::serve(listener, app(manager))
         .with_graceful_shutdown(shutdown_signal())
         .await
