@@ -6,7 +6,7 @@
 //! | feature | store | crate |
 //! | --- | --- | --- |
 //! | `memory` (default) | `MemoryStore` | `session-store-memory` |
-//! | `redis` | `RedisStore` | `session-store-redis` |
+//! | `redis` | `RedisStore`, `RedisClusterStore` | `session-store-redis` |
 //! | `sqlite` | `SqliteStore` | `session-store-sqlite` |
 //! | `postgres` | `PostgresStore` | `session-store-postgres` |
 //! | `fs` | `FsStore` | `session-store-fs` |
@@ -25,11 +25,11 @@ pub use session_store::*;
 pub mod open;
 pub use open::{open, open_with, OpenOptions};
 
-/// The Redis store (feature `redis`).
+/// The Redis and Redis Cluster stores (feature `redis`).
 #[cfg(feature = "redis")]
 pub use session_store_redis as redis;
 #[cfg(feature = "redis")]
-pub use session_store_redis::{RedisConfig, RedisStore};
+pub use session_store_redis::{RedisClusterConfig, RedisClusterStore, RedisConfig, RedisStore};
 
 /// The SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]

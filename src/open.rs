@@ -7,6 +7,7 @@
 //! | `postgres://USER:PASSWORD@HOST:PORT/DB` (or `postgresql://`) | `PostgresStore` | `postgres` |
 //! | `mysql://USER:PASSWORD@HOST:PORT/DB` (or `mariadb://`) | `MysqlStore` | `mysql` |
 //! | `redis://[:PASSWORD@]HOST:PORT[/DB]` (or `rediss://`) | `RedisStore` | `redis` |
+//! | `redis+cluster://[:PASSWORD@]HOST:PORT,HOST:PORT,...` (some of the nodes) | `RedisClusterStore` | `redis` |
 //! | `fs:///ABSOLUTE/DIR` or `fs://RELATIVE/DIR` | `FsStore` | `fs` |
 //!
 //! Schemes are case-insensitive. A SQLite path or an `fs://` directory
@@ -20,7 +21,7 @@
 //! | --- | --- | --- | --- |
 //! | `table` | `sqlite`, `postgres`, `mysql` | table name (a plain SQL identifier) | `sessions` |
 //! | `schema` | `postgres` | schema of the table, created by the migration | the search path |
-//! | `prefix` | `redis` | key prefix: the store's namespace | `session:` |
+//! | `prefix` | `redis`, `redis+cluster` | key prefix: the store's namespace | `session:` |
 //! | `sync` | `fs` | `true` or `false`: fsync every write and delete | `true` |
 //!
 //! Values are percent-decoded (`+` stays a plus sign) and may not be empty
@@ -68,9 +69,11 @@ const BACKENDS: &[(&str, &[&str], bool)] = &[
         cfg!(feature = "postgres"),
     ),
     ("mysql", &["mysql", "mariadb"], cfg!(feature = "mysql")),
-    // Redis Cluster (`redis+cluster://`) will be listed here, beside
-    // `redis`, once store-redis has its cluster mode.
-    ("redis", &["redis", "rediss"], cfg!(feature = "redis")),
+    (
+        "redis",
+        &["redis", "rediss", "redis+cluster"],
+        cfg!(feature = "redis"),
+    ),
     ("fs", &["fs"], cfg!(feature = "fs")),
 ];
 
@@ -224,7 +227,7 @@ fn parameters_of(scheme: &str) -> (&'static [&'static str], &'static [&'static s
         "sqlite" => (&["table"], SQLITE_DRIVER),
         "postgres" | "postgresql" => (&["table", "schema"], POSTGRES_DRIVER),
         "mysql" | "mariadb" => (&["table"], MYSQL_DRIVER),
-        "redis" | "rediss" => (&["prefix"], &[]),
+        "redis" | "rediss" | "redis+cluster" => (&["prefix"], &[]),
         "fs" => (&["sync"], &[]),
         _ => (&[], &[]),
     }
@@ -470,8 +473,19 @@ async fn dispatch(mut target: Target, options: &OpenOptions) -> Result<Arc<dyn S
             }
             Ok(Arc::new(store))
         }
-        // Redis Cluster (`redis+cluster://`, `rediss+cluster://`) goes here,
-        // on store-redis's cluster mode, with the same `prefix` parameter.
+        #[cfg(feature = "redis")]
+        "redis+cluster" => {
+            let mut config = crate::RedisClusterConfig::from_url(&target.driver_url)?;
+            if let Some(prefix) = target
+                .take("prefix")
+                .or_else(|| options.default_prefix.clone())
+            {
+                config.prefix = prefix;
+            }
+            Ok(Arc::new(
+                crate::RedisClusterStore::connect_with(config).await?,
+            ))
+        }
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
             let mut config = crate::RedisConfig::new(target.driver_url.clone());

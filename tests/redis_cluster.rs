@@ -374,6 +374,46 @@ async fn an_unreachable_cluster_is_unavailable_naming_the_nodes() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// `server_session::open` opens the cluster from a `redis+cluster://` URL,
+/// with its `prefix` parameter or the options' default.
+#[tokio::test]
+async fn open_opens_the_cluster_from_its_url() {
+    let url = common::redis_cluster_url();
+    let prefix = common::unique("test:") + ":";
+    let opened = server_session::open(&format!("{url}?prefix={prefix}")).await;
+    let store = match opened {
+        Ok(store) => store,
+        Err(e) => return common::unreachable("redis cluster", &url, e),
+    };
+    let Some(same) = cluster_store(prefix.clone(), 0).await else {
+        return;
+    };
+    let session = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+    store.create(&session).await.unwrap();
+    assert!(
+        same.get(&session.id()).await.unwrap().is_some(),
+        "under ?prefix="
+    );
+    let defaulted = server_session::open_with(
+        &url,
+        &server_session::OpenOptions::new().default_prefix(prefix.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        defaulted.len().await.unwrap(),
+        1,
+        "under the default prefix"
+    );
+    store.clear().await.unwrap();
+    for bad in [format!("{url}?prefx=x"), format!("{url}/3")] {
+        assert!(
+            matches!(server_session::open(&bad).await, Err(Error::Config(_))),
+            "{bad}"
+        );
+    }
+}
+
 /// SIGKILL of a master under load, on a throwaway six-node cluster of the
 /// test's own (the shared one stays up for the other tests): 32 tasks each
 /// load, change and save their own session as fast as they can (a 5 ms
