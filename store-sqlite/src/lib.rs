@@ -373,26 +373,30 @@ impl SqliteStore {
             .clone()
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", "67108864");
+        let busy = config.busy_timeout;
         let writer = timed(
             STORE,
             config.operation_timeout,
             context,
-            writer_options.connect(),
+            open_retrying(busy, || writer_options.connect()),
         )
         .await?;
         let readers = if in_memory || config.readers == 0 {
             None
         } else {
-            let pool = SqlitePoolOptions::new()
-                .max_connections(config.readers)
-                .acquire_timeout(config.operation_timeout)
-                .connect_with(options.clone());
+            let pool = open_retrying(busy, || {
+                SqlitePoolOptions::new()
+                    .max_connections(config.readers)
+                    .acquire_timeout(config.operation_timeout)
+                    .connect_with(options.clone())
+            });
             Some(timed(STORE, config.operation_timeout, context, pool).await?)
         };
         let checkpointer = if in_memory {
             None
         } else {
-            let conn = timed(STORE, config.operation_timeout, context, options.connect()).await?;
+            let conn = open_retrying(busy, || options.connect());
+            let conn = timed(STORE, config.operation_timeout, context, conn).await?;
             Some(Checkpointer::start(conn, config.checkpoint_every))
         };
         let dialect = SqliteDialect::new(&config.table, checkpointer);
@@ -460,5 +464,38 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Opens a connection (or pool), retrying "database is locked" until
+/// `busy_timeout`: two processes opening a new database at once race to
+/// switch it to WAL, and SQLite answers the loser at once, without its
+/// busy handler.
+async fn open_retrying<T, F, Fut>(busy_timeout: Duration, mut open: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match open().await {
+            Err(e) if is_locked(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// SQLITE_BUSY, in its primary or an extended code.
+fn is_locked(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 5),
+        _ => false,
     }
 }
