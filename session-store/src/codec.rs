@@ -197,6 +197,7 @@ mod tests {
             s.insert(format!("key{n}"), &n).unwrap();
             s.stamp_write(n);
         }
+        s.insert("k".repeat(100), &"v".repeat(1000)).unwrap();
         let entries = s.data().len() + s.flash().len();
         let bytes = encode(&s, 1).unwrap();
         // Room is reserved for the longest varint prefixes: a few bytes per
