@@ -1,4 +1,4 @@
-//! What the bench binaries share: the record shape of `../shared/peer-bench`.
+//! What the bench binaries share: the record shape of the peer drivers in `bench/peer`.
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! server-session-bench: drives every server-session store through the
 //! `SessionInterface` trait (and, for `request`, through the whole
 //! `SessionManager` path), with the options, workloads, record shape and
-//! JSON output of `../shared/peer-bench`, so the two can be compared cell
-//! by cell. One JSON object per cell on stdout; progress on stderr.
+//! JSON output of the peer drivers in `bench/peer`, so the two can be
+//! compared cell by cell. One JSON object per cell on stdout; progress on stderr.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -10,21 +10,22 @@ use std::time::{Duration, Instant};
 
 use server_session::cookie::{Cookie, CookieJar, Key};
 use server_session::{
-    jar_from_cookie_headers, FsConfig, FsStore, MemoryStore, PostgresConfig, PostgresStore,
-    RedisConfig, RedisStore, Session, SessionConfig, SessionId, SessionInterface, SessionManager,
-    SessionToken, SqliteConfig, SqliteStore, UpdateOutcome,
+    jar_from_cookie_headers, FsConfig, FsStore, MemoryStore, MysqlConfig, MysqlStore,
+    PostgresConfig, PostgresStore, RedisConfig, RedisStore, Session, SessionConfig, SessionId,
+    SessionInterface, SessionManager, SessionToken, SqliteConfig, SqliteStore, UpdateOutcome,
 };
 use server_session_bench::peer_record;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const USAGE: &str = "usage: server-session-bench [--backend memory|redis|sqlite|postgres|fs]
+const USAGE: &str = "usage: server-session-bench [--backend memory|redis|sqlite|postgres|mysql|fs]
   [--op load_save,create,load,delete,request] [-c 1,32] [-n OPS] [--secs S]
   [--size small|large] [--pool CONNS] [--prefill N]
 Lists run as a matrix (for each -c, each --op) in one process; each cell stops after
 n ops or S seconds, whichever comes first.
 env: REDIS_URL (redis://127.0.0.1:6379), DATABASE_URL or PG_URL
-     (postgres://postgres@127.0.0.1:5432/test), SQLITE_PATH (/tmp/server-session-bench.sqlite),
+     (postgres://postgres@127.0.0.1:5432/test), MYSQL_URL (mysql://root@127.0.0.1:3306/test),
+     SQLITE_PATH (/tmp/server-session-bench.sqlite),
      FS_PATH (/tmp/server-session-bench-fs)";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -185,6 +186,18 @@ async fn connect(a: &Args) -> Res<Arc<dyn SessionInterface>> {
                 table: "sessions".into(),
                 pool_size: a.pool,
                 ..PostgresConfig::new(url)
+            })
+            .await?;
+            store.migrate().await?;
+            store.clear().await?;
+            Arc::new(store)
+        }
+        "mysql" => {
+            let url = check_loopback(&env_or(&["MYSQL_URL"], "mysql://root@127.0.0.1:3306/test"));
+            let store = MysqlStore::connect_with(MysqlConfig {
+                table: "server_session_bench".into(),
+                pool_size: a.pool,
+                ..MysqlConfig::new(url)
             })
             .await?;
             store.migrate().await?;
@@ -512,7 +525,7 @@ async fn main() {
     }
 
     // Leave nothing behind in shared servers.
-    if matches!(a.backend.as_str(), "redis" | "postgres") {
+    if matches!(a.backend.as_str(), "redis" | "postgres" | "mysql") {
         if let Err(e) = ctx.store.clear().await {
             eprintln!("server-session-bench: cleanup failed: {e}");
         }

@@ -102,6 +102,13 @@ fn postgres_cell() {
 }
 
 #[test]
+fn mysql_cell() {
+    if server_or_skip("mysql", "127.0.0.1:3306") {
+        tiny_cell("mysql");
+    }
+}
+
+#[test]
 fn footprint_runs_for_both_stores() {
     for imp in ["server-session", "tower-sessions"] {
         let output = Command::new(env!("CARGO_BIN_EXE_footprint"))
