@@ -472,9 +472,8 @@ impl ActiveSession {
         let now_expiry = self
             .config
             .expiry(self.session.created_at_millis(), now_millis());
-        if now_expiry > self.session.expires_at_millis() {
-            self.session.set_expires_at_millis(now_expiry);
-        }
+        self.session
+            .set_expires_at_millis(now_expiry.max(self.session.expires_at_millis()));
         // 1. A save of this request to the old record may be in doubt
         //    (regenerate() after a failed commit): settle it first, so the
         //    new record starts from what is really stored.

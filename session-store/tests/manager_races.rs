@@ -76,6 +76,8 @@ struct Faulty {
     touch_lost_unapplied: AtomicU32,
     /// How many `get` calls were made, failed ones included.
     gets: AtomicU32,
+    /// How many `update` calls were made.
+    updates: AtomicU32,
     /// Before each `get` / `update`, the next number in the queue of saves by
     /// other requests lands on the same record.
     foreign_saves_before_get: Mutex<VecDeque<u32>>,
@@ -169,6 +171,7 @@ impl SessionInterface for Faulty {
         Ok(())
     }
     async fn update(&self, session: &Session, expected: u64) -> Result<UpdateOutcome> {
+        self.updates.fetch_add(1, Ordering::SeqCst);
         self.foreign_saves(&session.id(), &self.foreign_saves_before_update)
             .await;
         if take(&self.update_unsent) {
@@ -958,11 +961,19 @@ async fn a_retried_login_writes_later_changes_to_the_new_record() {
             "applied_then_lost" => store.update_applied_then_lost.store(1, Ordering::SeqCst),
             _ => store.update_lost_unapplied.store(1, Ordering::SeqCst),
         }
+        let updates = store.updates.load(Ordering::SeqCst);
         let new = login
             .commit()
             .await
             .unwrap_or_else(|e| panic!("{fault}: {e}"))
             .expect("the login's cookie");
+        // A save found landed (our write id) is not written again.
+        let writes = if fault == "applied_then_lost" { 1 } else { 2 };
+        assert_eq!(
+            store.updates.load(Ordering::SeqCst) - updates,
+            writes,
+            "{fault}"
+        );
         let s = manager.start(&jar(&new)).await.unwrap();
         assert_eq!(s.get::<String>("user").unwrap().as_deref(), Some("ada"));
         assert_eq!(
