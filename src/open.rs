@@ -13,7 +13,8 @@
 //! Schemes are case-insensitive. A SQLite path or an `fs://` directory
 //! not starting with `/` is relative to the working directory
 //! (`sqlite://sessions.db`, `fs://sessions`); `fs://` paths are
-//! percent-decoded, so `%3F` stands for a `?` in a directory name.
+//! percent-decoded, so `%3F` stands for a `?` in a directory name and `%23`
+//! for a `#` (a raw `#` is refused: drivers would drop what follows it).
 //!
 //! Query parameters of our own, removed before the URL reaches the driver:
 //!
@@ -269,6 +270,13 @@ async fn connect(url: &str, options: &OpenOptions) -> Result<Arc<dyn SessionInte
         )));
     }
     let scheme = scheme.to_ascii_lowercase();
+    if url.contains('#') {
+        // Drivers drop a fragment silently: `fs:///srv/a#b` would open
+        // `/srv/a`. The URL is not echoed: a `#` may sit in a password.
+        return Err(Error::Config(format!(
+            "{scheme} store URL contains '#': a store URL has no fragment; write a '#' in a path or password as %23"
+        )));
+    }
     let Some((feature, _, compiled)) = BACKENDS
         .iter()
         .find(|(_, schemes, _)| schemes.contains(&scheme.as_str()))
@@ -539,12 +547,22 @@ async fn dispatch(mut target: Target, options: &OpenOptions) -> Result<Arc<dyn S
 /// password-like query parameters, each as written and percent-decoded.
 fn secrets(url: &str) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();
-    if let Some(start) = url.find("://") {
-        let rest = &url[start + 3..];
+    // With or without the `//` (a mistyped `redis:/:pw@host` or
+    // `redis:pw@host` still carries a password): the user info is what
+    // comes before an `@`. Without the `//` it is not clear which part is
+    // the password, so the whole user info counts as one.
+    let after_scheme = url.split_once(':').map(|(_, rest)| rest);
+    if let Some(rest) = after_scheme {
+        let slashes = rest.starts_with("//");
+        let rest = rest.trim_start_matches('/');
         let userinfos = [rest.find('@'), rest.rfind('@')];
         for at in userinfos.into_iter().flatten() {
-            if let Some((_, password)) = rest[..at].split_once(':') {
+            let userinfo = &rest[..at];
+            if let Some((_, password)) = userinfo.split_once(':') {
                 found.push(password.to_owned());
+            }
+            if !slashes {
+                found.push(userinfo.trim_start_matches(':').to_owned());
             }
         }
     }
@@ -628,6 +646,41 @@ mod tests {
         assert!(percent_decode("a%3").is_err());
         assert!(percent_decode("a%zz").is_err());
         assert!(percent_decode("%ff").is_err());
+    }
+
+    #[test]
+    fn passwords_of_urls_missing_their_slashes_are_secrets_too() {
+        for url in [
+            "redis:/:hunter2@127.0.0.1:1",
+            "redis::hunter2@127.0.0.1:1",
+            "redis:hunter2@127.0.0.1:1",
+            "redis+cluster::hunter2@127.0.0.1:1",
+            "postgres:u:hunter2@h/db",
+        ] {
+            let found = secrets(url);
+            assert!(
+                found.iter().any(|s| s.contains("hunter2")),
+                "{url}: {found:?}"
+            );
+            assert!(!redact_url(url).contains("hunter2"), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fragment_is_refused_without_echoing_the_url() {
+        for url in [
+            "fs:///tmp/sessions#b",
+            "redis://default:hun#ter2@127.0.0.1:6379",
+            "memory:#x",
+        ] {
+            match open(url).await {
+                Err(Error::Config(message)) => {
+                    assert!(message.contains("'#'"), "{message}");
+                    assert!(!message.contains("ter2") && !message.contains("sessions"));
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 
     #[test]
