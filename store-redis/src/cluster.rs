@@ -28,8 +28,9 @@ use crate::{is_own_key, scan_pattern, SCAN_BATCH};
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const MAX_PAUSE: Duration = Duration::from_millis(200);
 
-/// How to reach a Redis Cluster and name keys.
-#[derive(Clone, Debug)]
+/// How to reach a Redis Cluster and name keys. Its `Debug` output hides
+/// the nodes' passwords.
+#[derive(Clone)]
 pub struct RedisClusterConfig {
     /// Some of the cluster's nodes, as `redis://[user:password@]host:port`
     /// (one is enough; the others are learnt from it, and more let the
@@ -61,6 +62,25 @@ pub struct RedisClusterConfig {
     /// time is [`Error::Backend`]: it applied on the master, so it may
     /// have been applied.
     pub replica_ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| session_store::backend::redact_url(node))
+            .collect();
+        f.debug_struct("RedisClusterConfig")
+            .field("nodes", &nodes)
+            .field("prefix", &self.prefix)
+            .field("connections", &self.connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("min_replica_acks", &self.min_replica_acks)
+            .field("replica_ack_timeout", &self.replica_ack_timeout)
+            .finish()
+    }
 }
 
 impl RedisClusterConfig {
@@ -674,6 +694,19 @@ mod tests {
         assert_eq!(
             masters_in(Value::Array(vec![range(0, 1, node("", 7000), Value::Nil)])),
             None
+        );
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn debug_hides_the_passwords() {
+        let config = super::RedisClusterConfig::new(["redis://:hunter2@h:7000"]);
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("h:7000"),
+            "{shown}"
         );
     }
 }

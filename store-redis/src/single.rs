@@ -20,8 +20,9 @@ use crate::keyspace::{Keyspace, Transport};
 use crate::scripts::Scripts;
 use crate::{is_own_key, scan_pattern, SCAN_BATCH};
 
-/// How to reach Redis and name keys.
-#[derive(Clone, Debug)]
+/// How to reach Redis and name keys. Its `Debug` output hides the URL's
+/// password.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://host:port/db` (or `rediss://` for TLS, if the redis crate has it).
     pub url: String,
@@ -33,6 +34,18 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Longest time one operation may take before it is an error (default 2 s).
     pub operation_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &session_store::backend::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -385,5 +398,17 @@ impl SessionInterface for RedisStore {
         })
         .await?;
         Ok(count.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn debug_hides_the_password() {
+        let shown = format!("{:?}", super::RedisConfig::new("redis://:hunter2@h:6379"));
+        assert!(
+            !shown.contains("hunter2") && shown.contains("h:6379"),
+            "{shown}"
+        );
     }
 }
