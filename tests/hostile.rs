@@ -273,10 +273,17 @@ async fn hostile_cookies_through_the_axum_layer() {
     let store = Arc::new(Counting::default());
     let (current, previous, retired) = (Key::generate(), Key::generate(), Key::generate());
     let manager = SessionManager::new(store.clone(), config(&current, &previous)).expect("manager");
+    let rows = rows(&store, &current, &retired).await;
+    through_axum(manager, &store, rows).await;
+}
+
+/// Every row through the layer answers 200 with a fresh session's cookie,
+/// and the store sees at most the row's one lookup and the fresh id.
+async fn through_axum(manager: SessionManager, store: &Counting, rows: Vec<Row>) {
     let app = Router::new()
         .route("/", get(touch_session))
         .layer(SessionLayer::new(Arc::new(manager)));
-    for row in rows(&store, &current, &retired).await {
+    for row in rows {
         store.seen.take();
         let mut request = Request::get("/");
         let values: Vec<_> = row
@@ -311,4 +318,125 @@ async fn hostile_cookies_through_the_axum_layer() {
         // Besides the one lookup allowed, the store saw only the fresh session's id.
         assert!(seen.len() - lookups.len() <= 1, "{}: {seen:?}", row.name);
     }
+}
+
+/// Cookie-only sessions: a sealed session that was really issued, then
+/// ways to spoil it.
+async fn sealed_rows(current: &Key, retired: &Key) -> Vec<Row> {
+    async fn issued(key: &Key) -> String {
+        let manager =
+            SessionManager::cookie_only(vec![key.clone()], cookie_only_config()).expect("manager");
+        let mut session = manager.start(&CookieJar::new()).await.expect("start");
+        session.insert("role", "admin").expect("insert");
+        let cookie = session.commit().await.expect("commit").expect("cookie");
+        cookie.value().to_owned()
+    }
+    let genuine = issued(current).await;
+    let flipped = {
+        let mut bytes = genuine.clone().into_bytes();
+        let middle = bytes.len() / 2;
+        bytes[middle] = if bytes[middle] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).expect("ascii")
+    };
+    let sealed_garbage = {
+        let mut jar = CookieJar::new();
+        jar.private_mut(current).add(Cookie::new(
+            "id",
+            format!("{}.////not-a-record", SessionToken::generate().as_str()),
+        ));
+        jar.get("id")
+            .map(|c| c.value().to_owned())
+            .unwrap_or_default()
+    };
+    let sealed_without_record = {
+        let mut jar = CookieJar::new();
+        jar.private_mut(current).add(Cookie::new(
+            "id",
+            SessionToken::generate().as_str().to_owned(),
+        ));
+        jar.get("id")
+            .map(|c| c.value().to_owned())
+            .unwrap_or_default()
+    };
+    let row = |name, value: String| Row {
+        name,
+        headers: vec![format!("id={value}")],
+        reaches: Reaches::Nothing,
+    };
+    vec![
+        row("sealed, one byte flipped", flipped),
+        row("sealed, truncated", genuine[..genuine.len() / 2].to_owned()),
+        row("sealed with a retired key", issued(retired).await),
+        row("sealed garbage record", sealed_garbage),
+        row("sealed token without a record", sealed_without_record),
+        row(
+            "sealed, oversized",
+            format!("{genuine}{}", "A".repeat(4096)),
+        ),
+        Row {
+            name: "sealed, duplicated with another value",
+            headers: vec![format!("id={genuine}; id={}", issued(current).await)],
+            reaches: Reaches::Nothing,
+        },
+    ]
+}
+
+fn cookie_only_config() -> SessionConfig {
+    SessionConfig {
+        secure: false,
+        ..SessionConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn hostile_cookies_through_a_cookie_only_manager() {
+    let store = Counting::default();
+    let (current, previous, retired) = (Key::generate(), Key::generate(), Key::generate());
+    let manager =
+        SessionManager::cookie_only(vec![current.clone(), previous], cookie_only_config())
+            .expect("manager");
+    let mut all = rows(&store, &current, &retired).await;
+    all.extend(sealed_rows(&current, &retired).await);
+    for row in all {
+        let jar = jar_from_cookie_headers(row.headers.iter().map(String::as_str));
+        let mut session = manager
+            .start(&jar)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", row.name));
+        assert!(session.is_new(), "{}: loaded a session", row.name);
+        assert_eq!(
+            session.get::<String>("role").expect("get"),
+            None,
+            "{}",
+            row.name
+        );
+        session.insert("k", &1u8).expect("insert");
+        let cookie = session
+            .commit()
+            .await
+            .expect("commit")
+            .expect("a new cookie");
+        for sent in &row.headers {
+            assert!(
+                !sent.contains(cookie.value()),
+                "{}: the client's value was adopted",
+                row.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn hostile_cookies_through_the_axum_layer_on_cookie_only_sessions() {
+    let store = Counting::default();
+    let (current, retired) = (Key::generate(), Key::generate());
+    let manager =
+        SessionManager::cookie_only(vec![current.clone()], cookie_only_config()).expect("manager");
+    let mut all = rows(&store, &current, &retired).await;
+    all.extend(sealed_rows(&current, &retired).await);
+    for row in &mut all {
+        // The manager has no store: nothing can reach one.
+        row.reaches = Reaches::Nothing;
+    }
+    through_axum(manager, &store, all).await;
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::changes::{Change, Modifier};
 use crate::config::SessionConfig;
+use crate::cookie_only::CookieSeal;
 use crate::error::{Error, Result};
 use crate::id::{SessionId, SessionToken};
 use crate::session::{decode_value, encode_value, Session};
@@ -86,6 +87,9 @@ pub struct ActiveSession {
     /// Records this request created under ids it then gave up (a second
     /// `regenerate` after a failed commit); deleted at the next commit.
     pub(crate) discarded: Vec<SessionId>,
+    /// Set in cookie-only mode: the session is sealed into its cookie at
+    /// commit instead of being saved to a store.
+    pub(crate) cookie_seal: Option<Arc<CookieSeal>>,
 }
 
 impl fmt::Debug for ActiveSession {
@@ -126,6 +130,7 @@ impl ActiveSession {
             create_in_doubt: None,
             regen: Regeneration::default(),
             discarded: Vec::new(),
+            cookie_seal: None,
         }
     }
 

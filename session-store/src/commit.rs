@@ -74,6 +74,9 @@ impl ActiveSession {
     /// change twice. After a successful commit the handle reflects what is
     /// stored; committing again writes nothing unless something changed.
     pub async fn commit(&mut self) -> Result<Option<Cookie<'static>>> {
+        if let Some(seal) = self.cookie_seal.clone() {
+            return self.commit_to_cookie(&seal);
+        }
         self.drop_discarded().await;
         match self.state.clone() {
             State::Gone => Ok(None),

@@ -81,7 +81,7 @@ pub(crate) fn presented_token(config: &SessionConfig, jar: &CookieJar) -> Option
         })
 }
 
-fn base_cookie(config: &SessionConfig, value: String) -> Cookie<'static> {
+pub(crate) fn base_cookie(config: &SessionConfig, value: String) -> Cookie<'static> {
     let mut cookie = Cookie::build((config.effective_cookie_name(), value))
         .http_only(config.http_only)
         .same_site(config.same_site)

@@ -116,6 +116,30 @@ pub enum Error {
     /// The configuration is unusable (a bad table name, a missing key, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A cookie-only session grew too large for its cookie: browsers drop
+    /// a cookie over [`MAX_COOKIE_BYTES`](crate::MAX_COOKIE_BYTES) (name,
+    /// value and attributes). Nothing was sent; the browser keeps its
+    /// previous cookie.
+    #[error("session cookie {name:?} would be {size} bytes, over the browsers' limit of {limit}: store less in the session or use a server-side store")]
+    CookieTooLarge {
+        /// The cookie's name.
+        name: String,
+        /// The size of the `Set-Cookie` value it would have had.
+        size: usize,
+        /// The limit it broke.
+        limit: usize,
+    },
+
+    /// The store cannot do this operation (a cookie-only manager's store
+    /// has no records to write).
+    #[error("the {store} store does not support {operation}")]
+    Unsupported {
+        /// Which store.
+        store: &'static str,
+        /// The operation refused.
+        operation: &'static str,
+    },
 }
 
 impl Error {

@@ -5,19 +5,33 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use cookie::CookieJar;
+use cookie::{CookieJar, Key};
 
 use crate::active::{ActiveSession, State};
 use crate::config::millis;
 // The conformance cases name it from here.
 pub(crate) use crate::config::SessionConfig;
+use crate::cookie_only::{CookieSeal, NoStore};
 use crate::cookies::presented_token;
 use crate::error::{Error, Result};
 use crate::id::SessionToken;
 use crate::session::{now_millis, Session};
 use crate::store::SessionInterface;
 
-struct StoreSlot(Arc<dyn SessionInterface>);
+/// Where sessions live: a store, or (cookie-only mode) their own cookies.
+enum Backend {
+    Store(Arc<dyn SessionInterface>),
+    Cookie(Arc<CookieSeal>),
+}
+
+impl Backend {
+    fn store(&self) -> Arc<dyn SessionInterface> {
+        match self {
+            Backend::Store(store) => store.clone(),
+            Backend::Cookie(_) => Arc::new(NoStore),
+        }
+    }
+}
 
 /// Starts sessions from cookies and commits them back.
 ///
@@ -38,14 +52,20 @@ struct StoreSlot(Arc<dyn SessionInterface>);
 /// # Ok(()) }
 /// ```
 pub struct SessionManager {
-    store: ArcSwap<StoreSlot>,
+    backend: ArcSwap<Backend>,
     config: Arc<SessionConfig>,
 }
 
 impl fmt::Debug for SessionManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionManager")
-            .field("store", &self.store.load().0)
+            .field(
+                "store",
+                &match &**self.backend.load() {
+                    Backend::Store(store) => format!("{store:?}"),
+                    Backend::Cookie(_) => "cookie-only".to_owned(),
+                },
+            )
             .field("config", &self.config)
             .finish()
     }
@@ -56,9 +76,66 @@ impl SessionManager {
     pub fn new(store: Arc<dyn SessionInterface>, config: SessionConfig) -> Result<Self> {
         config.validate()?;
         Ok(SessionManager {
-            store: ArcSwap::from_pointee(StoreSlot(store)),
+            backend: ArcSwap::from_pointee(Backend::Store(store)),
             config: Arc::new(config),
         })
+    }
+
+    /// A manager with no store: each session lives, encrypted and
+    /// authenticated (AES-256-GCM), in its own cookie, like Remix's
+    /// `createCookieSessionStorage`, actix-session's `CookieSessionStore` or
+    /// Django's `signed_cookies`. Handlers use the same API as with a store.
+    ///
+    /// `keys`: the first encrypts, every key decrypts; a cookie opened by
+    /// another key than the first is re-issued under the first, so an old
+    /// key can be retired without logging anyone out. Generate keys with
+    /// [`Key::generate`](cookie::Key::generate) and keep them secret and
+    /// stable across restarts and servers. [`Error::Config`] without a key.
+    /// [`SessionConfig::signing_keys`] is not used (the encryption already
+    /// authenticates).
+    ///
+    /// The idle and absolute timeouts are enforced from the creation and
+    /// expiry times sealed in the cookie, whatever the browser's `Max-Age`
+    /// (each server's own clock judges them). A commit whose cookie would
+    /// exceed [`MAX_COOKIE_BYTES`](crate::MAX_COOKIE_BYTES) fails with
+    /// [`Error::CookieTooLarge`]; the browser keeps its previous cookie.
+    /// A cookie that does not open (tampered, truncated, sealed with an
+    /// unknown key, oversized, expired) starts a fresh session.
+    ///
+    /// What this mode cannot do, by construction:
+    /// - **Revoke a copied cookie.** `destroy` makes *this* browser forget
+    ///   the cookie, but a copy taken earlier stays valid until its sealed
+    ///   expiry: there is no server-side record to delete.
+    /// - **Refuse replay of an older cookie.** A client may send back any
+    ///   cookie it was given that has not expired (say, one from before a
+    ///   purchase that took a credit off its balance).
+    /// - **Keep concurrent updates.** Two parallel requests each send back
+    ///   their own cookie; the browser keeps the last one, and the other
+    ///   request's changes are lost ([`ActiveSession::modify`] is exact only
+    ///   within one request).
+    /// - **Hold much**: about 2 KB of data, since the record is encoded
+    ///   twice in base64 inside a 4 KB cookie sent on every request.
+    ///
+    /// Pick a server-side store when any of these matter: logins with
+    /// "log out everywhere", balances or counters, or anything large.
+    ///
+    /// ```
+    /// # use session_store::{SessionConfig, SessionManager, cookie::Key};
+    /// let manager = SessionManager::cookie_only(vec![Key::generate()], SessionConfig::default())?;
+    /// # Ok::<(), session_store::Error>(())
+    /// ```
+    pub fn cookie_only(keys: Vec<Key>, config: SessionConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(SessionManager {
+            backend: ArcSwap::from_pointee(Backend::Cookie(Arc::new(CookieSeal::new(keys)?))),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Whether sessions live in their cookies ([`cookie_only`](Self::cookie_only))
+    /// rather than in a store.
+    pub fn is_cookie_only(&self) -> bool {
+        matches!(**self.backend.load(), Backend::Cookie(_))
     }
 
     /// The configuration.
@@ -66,16 +143,19 @@ impl SessionManager {
         &self.config
     }
 
-    /// The store new requests use.
+    /// The store new requests use. A cookie-only manager has none: it
+    /// answers with a store that holds nothing, refuses writes with
+    /// [`Error::Unsupported`] and has nothing to flush.
     pub fn store(&self) -> Arc<dyn SessionInterface> {
-        self.store.load().0.clone()
+        self.backend.load().store()
     }
 
     /// Swaps the store at runtime (the seed's `setOperations`). Requests
     /// already started finish on the store they started with; new ones use
-    /// `store`. Sessions are not copied over.
+    /// `store`. Sessions are not copied over. A cookie-only manager turns
+    /// into one on `store`: the cookies it issued then start fresh sessions.
     pub fn set_operations(&self, store: Arc<dyn SessionInterface>) {
-        self.store.store(Arc::new(StoreSlot(store)));
+        self.backend.store(Arc::new(Backend::Store(store)));
         tracing::info!("session store swapped");
     }
 
@@ -103,7 +183,10 @@ impl SessionManager {
     ///
     /// Errors only when the store fails (a 503 for the request).
     pub async fn start(&self, jar: &CookieJar) -> Result<ActiveSession> {
-        let store = self.store();
+        let store = match &**self.backend.load() {
+            Backend::Store(store) => store.clone(),
+            Backend::Cookie(seal) => return self.start_from_cookie(seal.clone(), jar),
+        };
         let had_cookie = jar.get(&self.config.effective_cookie_name()).is_some();
         let now = now_millis();
         if let Some(presented) = presented_token(&self.config, jar) {
@@ -146,6 +229,16 @@ impl SessionManager {
                 Err(e) => tracing::debug!(error = %e, "refused session cookie"),
             }
         }
+        self.fresh(store, had_cookie, now)
+    }
+
+    /// A new session with a fresh server-generated token.
+    fn fresh(
+        &self,
+        store: Arc<dyn SessionInterface>,
+        had_cookie: bool,
+        now: i64,
+    ) -> Result<ActiveSession> {
         let token = self.config.new_token()?;
         let mut session = Session::new(token.id(), self.config.idle_timeout);
         session.set_expires_at_millis(self.config.expiry(session.created_at_millis(), now));
@@ -158,5 +251,56 @@ impl SessionManager {
             State::New,
             BTreeMap::new(),
         ))
+    }
+
+    /// `start` in cookie-only mode: the session is whatever the cookie
+    /// holds, if it opens and its sealed times say it is live. Never
+    /// touches a store, never fails on what the client sent.
+    fn start_from_cookie(&self, seal: Arc<CookieSeal>, jar: &CookieJar) -> Result<ActiveSession> {
+        let had_cookie = jar.get(&self.config.effective_cookie_name()).is_some();
+        let now = now_millis();
+        let mut active = match seal.open(&self.config, jar) {
+            Some(opened) => {
+                let session = opened.session;
+                // The sealed expiry is the idle timeout as of the last cookie
+                // sent; `expiry` adds the absolute one from `created_at`.
+                let expiry = self.config.expiry(session.created_at_millis(), now);
+                if session.expires_at_millis() > now && expiry > now {
+                    self.loaded_from_cookie(opened.token, session, opened.stale_key, expiry)
+                } else {
+                    tracing::debug!(id = %session.id(), "sealed session has expired");
+                    self.fresh(Arc::new(NoStore), had_cookie, now)?
+                }
+            }
+            None => self.fresh(Arc::new(NoStore), had_cookie, now)?,
+        };
+        active.cookie_seal = Some(seal);
+        Ok(active)
+    }
+
+    fn loaded_from_cookie(
+        &self,
+        token: SessionToken,
+        mut session: Session,
+        stale_key: bool,
+        expiry: i64,
+    ) -> ActiveSession {
+        // Only a cookie sent back extends the idle timeout, so a move of at
+        // least `touch_after` re-issues it even when nothing else changed.
+        let moved = expiry - session.expires_at_millis() >= millis(self.config.touch_after);
+        if moved {
+            session.set_expires_at_millis(expiry);
+        }
+        let mut active = ActiveSession::loaded(
+            Arc::new(NoStore),
+            self.config.clone(),
+            token,
+            session,
+            moved,
+        );
+        if moved || stale_key {
+            active.reissue_cookie();
+        }
+        active
     }
 }
