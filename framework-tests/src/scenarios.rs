@@ -241,20 +241,29 @@ pub async fn none_route_does_no_store_io<F: Framework>() {
 }
 
 /// With the store down, a route without the session still answers 200,
-/// and the session routes answer 503, with or without a cookie.
+/// with or without a session cookie, while the session routes fail: 503
+/// when a cookie names a session to load, 500 when a new session cannot be
+/// saved.
 pub async fn down_store_fails_only_session_routes<F: Framework>() {
     let server = serve::<F>(Arc::new(DownStore), true).await;
     let token = SessionToken::generate();
-    for browser in [Browser::new(&server), replaying(&server, token.as_str())] {
+    let returning = replaying(&server, token.as_str());
+    let new = Browser::new(&server);
+    for browser in [&returning, &new] {
         let reply = browser.get("/none").await;
         assert_ok(&reply, "none");
         assert!(!reply.sets_cookie(), "{reply:?}");
-        for path in ["/get/x", "/set/a/1", "/incr"] {
-            let reply = browser.get(path).await;
-            assert_eq!(reply.status, 503, "{path} with the store down: {reply:?}");
-            assert!(!reply.sets_cookie(), "{path}: {reply:?}");
-        }
     }
+    for path in ["/get/x", "/set/a/1", "/incr"] {
+        let reply = returning.get(path).await;
+        assert_eq!(reply.status, 503, "{path} with the store down: {reply:?}");
+        assert!(!reply.sets_cookie(), "{path}: {reply:?}");
+    }
+    // Without a cookie there is nothing to load: reading works, saving fails.
+    assert_ok(&new.get("/get/x").await, "");
+    let reply = new.get("/set/a/1").await;
+    assert_eq!(reply.status, 500, "a save with the store down: {reply:?}");
+    assert!(!reply.sets_cookie(), "{reply:?}");
 }
 
 /// A save that fails answers 500 and sends no cookie; nothing of it is

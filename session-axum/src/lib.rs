@@ -1,7 +1,7 @@
 //! # session-axum
 //!
 //! axum and tower integration for server-session: a [`SessionLayer`] that
-//! starts each request's session from its cookies and commits it after the
+//! gives each request a lazily loaded session and commits it after the
 //! handler, and a [`Session`] extractor for handlers.
 //!
 //! ```
@@ -15,24 +15,38 @@
 //!     Ok(format!("visit number {n}"))
 //! }
 //!
+//! async fn health() -> &'static str {
+//!     "ok" // no `Session` here: no store I/O, no cookie, even if the store is down
+//! }
+//!
 //! let manager = SessionManager::new(Arc::new(ReferenceStore::new()), SessionConfig::default()).unwrap();
 //! let app: Router = Router::new()
 //!     .route("/", get(visits))
+//!     .route("/health", get(health))
 //!     .layer(SessionLayer::new(Arc::new(manager)));
 //! ```
 //!
 //! What the layer does around each request:
 //!
-//! - It starts the session from the request's cookies. Malformed cookies
-//!   never fail a request: they start a fresh session. A store that fails
-//!   here gives `503 Service Unavailable`.
-//! - After the handler it saves what changed (with the manager's conflict
-//!   retries), appends `Set-Cookie` when one is due, and marks such
-//!   responses `Cache-Control: no-store` so no cache shares a session
-//!   cookie. A store that fails here gives `500`, since the handler's
-//!   changes were not saved. If another request deleted or regenerated the
-//!   session meanwhile, nothing is saved and no cookie is sent (a slow
-//!   request never undoes a logout); a `destroy` expires the cookie.
+//! - **Sessions are lazy.** Before the handler the layer only notes the
+//!   request's `Cookie` headers; it does not touch the store. The session is
+//!   loaded when a handler first extracts [`Session`], once per request
+//!   however many extractors or clones ask for it. A request whose handler
+//!   never extracts it does no store I/O at all, sends no `Set-Cookie`, and
+//!   is unaffected by a store outage.
+//! - Loading starts the session from the request's cookies. Malformed
+//!   cookies never fail a request: they start a fresh session. A store that
+//!   fails at load makes the extractor reject with
+//!   [`SessionRejection::Unavailable`] (`503 Service Unavailable`), so only
+//!   the routes that use the session fail.
+//! - After the handler, if the session was loaded, it saves what changed
+//!   (with the manager's conflict retries), appends `Set-Cookie` when one is
+//!   due, and marks such responses `Cache-Control: no-store` so no cache
+//!   shares a session cookie. A store that fails here gives `500`, since the
+//!   handler's changes were not saved. If another request deleted or
+//!   regenerated the session meanwhile, nothing is saved and no cookie is
+//!   sent (a slow request never undoes a logout); a `destroy` expires the
+//!   cookie.
 //! - **A handler that panicked commits nothing**: no write, no touch, no
 //!   cookie, even when a catch-panic layer (such as
 //!   `tower_http::catch_panic::CatchPanicLayer`) inside this one turns the
@@ -58,9 +72,11 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use session_store::{jar_from_cookie_headers, ActiveSession, Error, SessionId, SessionManager};
+use tokio::sync::OnceCell;
 use tower::{Layer, Service};
 
-/// Starts and commits sessions around the inner service.
+/// Gives each request a lazily loaded session and commits it after the
+/// inner service (see the [crate docs](crate)).
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     manager: Arc<SessionManager>,
@@ -145,118 +161,156 @@ where
         // The clone that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let manager = self.manager.clone();
         let save_on_server_error = self.save_on_server_error;
+        // Copies of the header values (reference-counted bytes), kept as the
+        // layer saw them: a later layer rewriting `Cookie` does not change
+        // which session this request has. Parsed only if the session loads.
+        let cookies = request.headers().get_all(COOKIE).iter().cloned().collect();
+        let shared = Arc::new(Shared {
+            manager: self.manager.clone(),
+            cookies,
+            slot: OnceCell::new(),
+            abandoned: AtomicBool::new(false),
+        });
+        request
+            .extensions_mut()
+            .insert(RequestSession(shared.clone()));
         Box::pin(async move {
-            let headers = request.headers().get_all(COOKIE);
-            let jar = jar_from_cookie_headers(headers.iter().filter_map(|v| v.to_str().ok()));
-            let active = match manager.start(&jar).await {
-                Ok(active) => active,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not start the session");
-                    return Ok(plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the session store is unavailable",
-                    ));
-                }
-            };
-            // The layer keeps the shared state, not a `Session`: only the
-            // handles given to the request report panics.
-            let shared = Arc::new(Shared {
-                active: Mutex::new(Some(active)),
-                abandoned: AtomicBool::new(false),
-            });
-            request.extensions_mut().insert(Session {
-                shared: shared.clone(),
-            });
             // A panic unwinding through here drops `shared` uncommitted.
-            let mut response = inner.call(request).await?;
-            // Handlers are done with it: take the session out to commit.
-            let taken = shared.take();
-            let committed = match taken {
-                Some(active) if shared.abandoned() => {
-                    tracing::warn!(
-                        id = %active.id(),
-                        "the handler panicked; its session changes are discarded"
-                    );
-                    Ok(None)
-                }
-                Some(active) if !save_on_server_error && response.status().is_server_error() => {
-                    tracing::debug!(
-                        id = %active.id(),
-                        status = %response.status(),
-                        "server error; session changes are discarded"
-                    );
-                    Ok(None)
-                }
-                Some(mut active) => active.commit().await,
-                None => Ok(None),
-            };
-            match committed {
-                Ok(None) => Ok(response),
-                Ok(Some(cookie)) => match HeaderValue::from_str(&cookie.encoded().to_string()) {
-                    Ok(value) => {
-                        let headers = response.headers_mut();
-                        headers.append(SET_COOKIE, value);
-                        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                        Ok(response)
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "session cookie is not a valid header");
-                        Ok(plain(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "session cookie error",
-                        ))
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "could not save the session");
-                    Ok(plain(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "the session could not be saved",
-                    ))
-                }
-            }
+            let response = inner.call(request).await?;
+            Ok(finish(&shared, response, save_on_server_error).await)
         })
     }
 }
 
-/// One request's session, shared by the layer and every [`Session`] handle.
+/// Commits the request's session, if a handler loaded it, into `response`.
+async fn finish(shared: &Shared, mut response: Response, save_on_server_error: bool) -> Response {
+    // Never loaded: nothing to save, no cookie to send, no store I/O.
+    let Some(slot) = shared.slot.get() else {
+        return response;
+    };
+    // Handlers are done with it: take the session out to commit.
+    let taken = lock(slot).take();
+    let committed = match taken {
+        Some(active) if shared.abandoned() => {
+            tracing::warn!(
+                id = %active.id(),
+                "the handler panicked; its session changes are discarded"
+            );
+            Ok(None)
+        }
+        Some(active) if !save_on_server_error && response.status().is_server_error() => {
+            tracing::debug!(
+                id = %active.id(),
+                status = %response.status(),
+                "server error; session changes are discarded"
+            );
+            Ok(None)
+        }
+        Some(mut active) => active.commit().await,
+        None => Ok(None),
+    };
+    match committed {
+        Ok(None) => response,
+        Ok(Some(cookie)) => match HeaderValue::from_str(&cookie.encoded().to_string()) {
+            Ok(value) => {
+                let headers = response.headers_mut();
+                headers.append(SET_COOKIE, value);
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "session cookie is not a valid header");
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "session cookie error")
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "could not save the session");
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the session could not be saved",
+            )
+        }
+    }
+}
+
+/// One request's session state, shared by the layer, the request's
+/// extensions and every [`Session`] handle.
 struct Shared {
-    /// `None` once the layer took it out to commit.
-    active: Mutex<Option<ActiveSession>>,
+    manager: Arc<SessionManager>,
+    /// The request's `Cookie` header values, parsed at load.
+    cookies: Vec<HeaderValue>,
+    /// Filled by the first extraction; inside, `None` once the layer took
+    /// the session out to commit.
+    slot: OnceCell<Mutex<Option<ActiveSession>>>,
     /// Set when a handle was dropped by a panicking thread.
     abandoned: AtomicBool,
 }
 
+fn lock(slot: &Mutex<Option<ActiveSession>>) -> MutexGuard<'_, Option<ActiveSession>> {
+    // A handle used after a panic may still read; the layer discards such a
+    // session anyway (see `Shared::abandoned`).
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Option<ActiveSession>> {
-        // A handle used after a panic may still read; the layer discards
-        // such a session anyway (see `abandoned`).
-        self.active
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Loads the session on first use; later and concurrent callers share
+    /// that one load. A failed load is not kept: the next extraction tries
+    /// again.
+    async fn load(&self) -> Result<(), Error> {
+        self.slot
+            .get_or_try_init(|| async {
+                let jar =
+                    jar_from_cookie_headers(self.cookies.iter().filter_map(|v| v.to_str().ok()));
+                self.manager
+                    .start(&jar)
+                    .await
+                    .map(|active| Mutex::new(Some(active)))
+            })
+            .await
+            .map(|_| ())
     }
 
-    fn take(&self) -> Option<ActiveSession> {
-        self.lock().take()
+    /// Marks the session abandoned when dropped by a panicking thread.
+    fn note_drop(&self) {
+        if std::thread::panicking() {
+            self.abandoned.store(true, Ordering::Release);
+        }
     }
 
     /// Whether a handler panicked with this session in hand. A poisoned
     /// lock means a panic inside a session operation (a `modify` closure)
     /// even if the panic was caught before any handle was dropped.
     fn abandoned(&self) -> bool {
-        self.abandoned.load(Ordering::Acquire) || self.active.is_poisoned()
+        self.abandoned.load(Ordering::Acquire)
+            || self.slot.get().is_some_and(|slot| slot.is_poisoned())
+    }
+}
+
+/// What the layer puts in the request's extensions for the extractor. It is
+/// not a [`Session`] handle, because the session is not loaded yet, but its
+/// drop during a panic (the request unwinding with the handler) abandons the
+/// session like a handle's would.
+#[derive(Clone)]
+struct RequestSession(Arc<Shared>);
+
+impl Drop for RequestSession {
+    fn drop(&mut self) {
+        self.0.note_drop();
     }
 }
 
 /// The session of the current request, for handlers.
 ///
-/// Cheap to clone; every clone is the same session. Changes are saved by
-/// [`SessionLayer`] after the handler returns.
+/// Extracting it loads the session (see the [`FromRequestParts`] impl);
+/// its methods are synchronous after that. Cheap to clone; every clone, and
+/// every other extraction in the same request, is the same session.
+/// Changes are saved by [`SessionLayer`] after the handler returns.
 ///
 /// A handle dropped while its thread is panicking marks the request's
-/// session as abandoned, and the layer then commits nothing. A handler
+/// session as abandoned, and the layer then commits nothing (the request's
+/// extensions, where the layer keeps the session's state, count as such a
+/// handle while the request is alive). A handler
 /// keeps its `Session` argument until it returns, so a panic anywhere in
 /// the handler is noticed. Not noticed: a panic after the handler dropped
 /// (or moved away) every handle it had. Conversely a handle moved into a
@@ -269,9 +323,7 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.shared.abandoned.store(true, Ordering::Release);
-        }
+        self.shared.note_drop();
     }
 }
 
@@ -282,14 +334,14 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    fn lock(&self) -> MutexGuard<'_, Option<ActiveSession>> {
-        self.shared.lock()
-    }
-
     /// Runs `f` on the session, unless the layer already committed it (the
     /// handle outlived its request).
     fn with<R>(&self, f: impl FnOnce(&mut ActiveSession) -> R) -> Result<R, Error> {
-        match self.lock().as_mut() {
+        // A handle exists only once the extractor loaded the slot.
+        let Some(slot) = self.shared.slot.get() else {
+            return Err(Error::Config("this session was never loaded".into()));
+        };
+        match lock(slot).as_mut() {
             Some(active) => Ok(f(active)),
             None => Err(Error::Config(
                 "this session was already committed: its request has ended".into(),
@@ -358,15 +410,23 @@ impl Session {
     }
 }
 
+/// Loads the request's session on first use (one store read, shared by
+/// every extraction and clone in the request); later extractions are free.
+///
+/// Rejects with [`SessionRejection::Unavailable`] (`503`) when the store
+/// fails at load, and [`SessionRejection::MissingLayer`] (`500`) on a route
+/// without [`SessionLayer`].
 impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
+        let shared = parts
             .extensions
-            .get::<Session>()
-            .cloned()
-            .ok_or(SessionRejection::MissingLayer)
+            .get::<RequestSession>()
+            .map(|request| request.0.clone())
+            .ok_or(SessionRejection::MissingLayer)?;
+        shared.load().await.map_err(SessionRejection::Unavailable)?;
+        Ok(Session { shared })
     }
 }
 
@@ -375,6 +435,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 pub enum SessionRejection {
     /// The route is not wrapped in a [`SessionLayer`] (a programming error: 500).
     MissingLayer,
+    /// The store failed while loading the session (503 Service Unavailable;
+    /// the detail goes to the log, not the client). Only routes that
+    /// extract [`Session`] see it: the others do not touch the store.
+    Unavailable(Error),
     /// A session operation failed (500; the detail goes to the log, not the client).
     Session(Error),
 }
@@ -391,6 +455,13 @@ impl IntoResponse for SessionRejection {
             SessionRejection::MissingLayer => {
                 tracing::error!("Session extractor used on a route without SessionLayer");
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "session layer missing")
+            }
+            SessionRejection::Unavailable(e) => {
+                tracing::error!(error = %e, "could not load the session");
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session store is unavailable",
+                )
             }
             SessionRejection::Session(e) => {
                 tracing::error!(error = %e, "session operation failed");

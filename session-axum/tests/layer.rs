@@ -7,9 +7,10 @@ use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use framework_tests::{CountingStore, DownStore};
 use session_axum::{Session, SessionLayer, SessionRejection};
 use session_store::conformance::ReferenceStore;
-use session_store::{SessionConfig, SessionInterface, SessionManager};
+use session_store::{SessionConfig, SessionInterface, SessionManager, SessionToken};
 use session_store_memory::MemoryStore;
 use tower::ServiceExt as _;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -89,8 +90,21 @@ fn manager(store: Arc<dyn SessionInterface>) -> Arc<SessionManager> {
     Arc::new(SessionManager::new(store, config).unwrap())
 }
 
+async fn no_session() -> &'static str {
+    "plain"
+}
+
+/// Two extractions of the session in one request.
+async fn keys_twice(first: Session, second: Session) -> Result<String, SessionRejection> {
+    let a = first.get::<bool>("base")?.unwrap_or(false);
+    let b = second.get::<bool>("base")?.unwrap_or(false);
+    Ok(format!("{a},{b}"))
+}
+
 fn routes() -> Router {
     Router::new()
+        .route("/plain", get(no_session))
+        .route("/keys-twice", get(keys_twice))
         .route("/set/{key}", get(set_key))
         .route("/keys", get(keys))
         .route("/logout", get(logout))
@@ -349,4 +363,61 @@ async fn a_flash_is_consumed_by_reading_it_unless_the_reader_panicked() {
         body(call(&app, "/read-flash", Some(&cookie)).await).await,
         "none"
     );
+}
+
+#[tokio::test]
+async fn a_route_without_the_extractor_does_no_store_io() {
+    let store = Arc::new(CountingStore::memory());
+    let app = routes().layer(SessionLayer::new(manager(store.clone())));
+    let response = call(&app, "/plain", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get(SET_COOKIE).is_none());
+    assert_eq!(
+        store.calls(),
+        0,
+        "a request without the extractor used the store"
+    );
+
+    // A valid session cookie does not make the layer load it either.
+    let cookie = cookie_pair(&call(&app, "/set/base", None).await);
+    let before = store.calls();
+    assert!(before > 0, "the counting store counted nothing");
+    let response = call(&app, "/plain", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await, "plain");
+    assert_eq!(
+        store.calls(),
+        before,
+        "a request with a session cookie but without the extractor used the store"
+    );
+}
+
+#[tokio::test]
+async fn every_extraction_in_a_request_shares_one_load() {
+    let store = Arc::new(CountingStore::memory());
+    let app = routes().layer(SessionLayer::new(manager(store.clone())));
+    let cookie = cookie_pair(&call(&app, "/set/base", None).await);
+    let before = store.calls();
+    let response = call(&app, "/keys-twice", Some(&cookie)).await;
+    assert_eq!(body(response).await, "true,true");
+    // One read; an unchanged session is not written back.
+    assert_eq!(store.calls() - before, 1, "the session was loaded twice");
+}
+
+#[tokio::test]
+async fn a_store_outage_fails_only_the_routes_that_use_the_session() {
+    let app = routes().layer(SessionLayer::new(manager(Arc::new(DownStore))));
+    // A well-formed cookie: the session route must go to the store for it.
+    let name = manager(Arc::new(DownStore))
+        .config()
+        .effective_cookie_name();
+    let cookie = format!("{name}={}", SessionToken::generate().as_str());
+    let cookie = cookie.as_str();
+    let response = call(&app, "/plain", Some(cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get(SET_COOKIE).is_none());
+    let response = call(&app, "/keys", Some(cookie)).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get(SET_COOKIE).is_none());
+    assert_eq!(body(response).await, "the session store is unavailable");
 }
