@@ -59,6 +59,10 @@ pub use session_store_fs::{FsConfig, FsStore};
 #[cfg(feature = "axum")]
 pub use session_axum as axum;
 
+/// actix-web integration (feature `actix`): `SessionMiddleware` and the `Session` extractor.
+#[cfg(feature = "actix")]
+pub use session_actix as actix;
+
 /// The in-memory store (feature `memory`).
 #[cfg(feature = "memory")]
 pub use session_store_memory::MemoryStore;
