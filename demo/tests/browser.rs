@@ -1,5 +1,6 @@
 //! End to end in headless Chromium: the demo on a free loopback port,
-//! driven through chromedriver, against the SQLite and Redis backends.
+//! driven through chromedriver, against the SQLite and Redis backends, on
+//! cookie-only sessions, and served by actix-web instead of axum.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -58,10 +59,12 @@ impl Drop for Running {
     }
 }
 
-/// Starts the demo with `store` and returns it with its base URL.
-async fn start_demo(store: &str) -> (Running, String) {
+/// Starts the demo with `store` (and any further arguments) and returns it
+/// with its base URL.
+async fn start_demo(store: &str, more: &[&str]) -> (Running, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_server-session-demo"))
         .args(["--addr", "127.0.0.1:0", "--store", store])
+        .args(more)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -268,9 +271,40 @@ async fn quote_page_in_chromium_on_sqlite() {
     let dir = std::env::temp_dir().join(unique("demo-sqlite-"));
     std::fs::create_dir_all(&dir).unwrap();
     let store = format!("sqlite://{}", dir.join("sessions.db").display());
-    let (_demo, base) = start_demo(&store).await;
+    let (_demo, base) = start_demo(&store, &[]).await;
     scenario(&base).await;
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn quote_page_in_chromium_on_cookie_only_sessions() {
+    if !browser_available() {
+        return;
+    }
+    let (_demo, base) = start_demo("cookie", &[]).await;
+    scenario(&base).await;
+}
+
+#[tokio::test]
+async fn quote_page_in_chromium_through_actix_web() {
+    if !browser_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("demo-actix-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!("sqlite://{}", dir.join("sessions.db").display());
+    let (_demo, base) = start_demo(&store, &["--framework", "actix"]).await;
+    scenario(&base).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn quote_page_in_chromium_through_actix_web_on_cookie_only_sessions() {
+    if !browser_available() {
+        return;
+    }
+    let (_demo, base) = start_demo("cookie", &["--framework", "actix"]).await;
+    scenario(&base).await;
 }
 
 #[tokio::test]
@@ -292,6 +326,6 @@ async fn quote_page_in_chromium_on_redis() {
         say_skipped(&format!("the redis browser test: {url} unreachable"));
         return;
     }
-    let (_demo, base) = start_demo(&url).await;
+    let (_demo, base) = start_demo(&url, &[]).await;
     scenario(&base).await;
 }
