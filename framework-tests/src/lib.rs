@@ -132,6 +132,9 @@ macro_rules! __framework_scenarios {
             concurrent_increments_are_exact,
             flash_is_read_once,
             login_replaces_the_cookie,
+            cookie_only_sessions_round_trip,
+            cookie_only_too_large_answers_500_and_keeps_the_cookie,
+            cookie_only_tampered_cookies_start_fresh,
         );
     };
     (@each [$f:ty] $($scenario:ident),* $(,)?) => {

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use session_store::{SessionInterface, SessionToken};
+use session_store::cookie::Key;
+use session_store::{SessionInterface, SessionManager, SessionToken};
 use session_store_memory::MemoryStore;
 
 use crate::client::{get_with_cookies, Browser, Reply};
@@ -407,4 +408,76 @@ pub async fn login_replaces_the_cookie<F: Framework>() {
         "",
         "the old cookie still loads the session"
     );
+}
+
+/// A cookie-only manager (no store) with [`config`] and a fresh key.
+fn cookie_only(key: &Key) -> Arc<SessionManager> {
+    match SessionManager::cookie_only(vec![key.clone()], config()) {
+        Ok(manager) => Arc::new(manager),
+        Err(e) => panic!("the cookie-only configuration is refused: {e}"),
+    }
+}
+
+/// Cookie-only sessions through the integration, handlers unchanged: data,
+/// counters, flash, login and logout all travel in the cookie.
+pub async fn cookie_only_sessions_round_trip<F: Framework>() {
+    let server = F::serve(cookie_only(&Key::generate()), true).await;
+    let browser = Browser::new(&server);
+    assert_ok(&browser.get("/set/a/1").await, "ok");
+    assert_ok(&browser.get("/get/a").await, "1");
+    for expected in ["1", "2", "3"] {
+        assert_ok(&browser.get("/incr").await, expected);
+    }
+    assert_ok(&browser.get("/flash/hello").await, "ok");
+    assert_ok(&browser.get("/read-flash").await, "hello");
+    assert_ok(&browser.get("/read-flash").await, "");
+    let before = browser.cookie(&cookie_name()).expect("a session cookie");
+    let login = browser.get("/login/ada").await;
+    assert_ok(&login, "ok");
+    assert!(login.is_no_store(), "{login:?}");
+    assert_ne!(browser.cookie(&cookie_name()), Some(before));
+    assert_ok(&browser.get("/get/user").await, "ada");
+    assert_ok(&browser.get("/get/a").await, "1");
+    assert_ok(&browser.get("/logout").await, "bye");
+    assert_eq!(
+        browser.cookie(&cookie_name()),
+        None,
+        "logout left the cookie"
+    );
+    assert_ok(&browser.get("/get/user").await, "");
+}
+
+/// A change that would make the cookie exceed 4096 bytes answers 500 and
+/// sends no cookie: the browser keeps its last good one.
+pub async fn cookie_only_too_large_answers_500_and_keeps_the_cookie<F: Framework>() {
+    let server = F::serve(cookie_only(&Key::generate()), true).await;
+    let browser = Browser::new(&server);
+    assert_ok(&browser.get("/set/a/1").await, "ok");
+    let good = browser.cookie(&cookie_name()).expect("a session cookie");
+    let big = browser.get(&format!("/set/big/{}", "x".repeat(3000))).await;
+    assert_eq!(big.status, 500, "{big:?}");
+    assert!(!big.sets_cookie(), "a cookie was sent anyway: {big:?}");
+    assert_eq!(browser.cookie(&cookie_name()), Some(good));
+    assert_ok(&browser.get("/get/a").await, "1");
+    assert_ok(&browser.get("/get/big").await, "");
+}
+
+/// A tampered or foreign-key cookie starts a fresh session (200, nothing
+/// of the genuine session's data).
+pub async fn cookie_only_tampered_cookies_start_fresh<F: Framework>() {
+    let key = Key::generate();
+    let server = F::serve(cookie_only(&key), true).await;
+    let (_, genuine) = with_session(&server).await;
+    let other_server = F::serve(cookie_only(&Key::generate()), true).await;
+    let (_, foreign) = with_session(&other_server).await;
+    for value in [
+        forge(&genuine),
+        genuine[..genuine.len() / 2].to_owned(),
+        foreign,
+    ] {
+        let replay = replaying(&server, &value);
+        let reply = replay.get("/get/base").await;
+        assert_ok(&reply, "");
+    }
+    assert_ok(&replaying(&server, &genuine).get("/get/base").await, "1");
 }
