@@ -189,6 +189,12 @@ async fn keep(session: Session, kept: Kept) -> Result<&'static str, SessionRejec
     Ok("kept")
 }
 
+/// More than a cookie can hold.
+async fn big(session: Session) -> Result<&'static str, SessionRejection> {
+    session.insert("big", &"x".repeat(5000))?;
+    Ok("ok")
+}
+
 /// Where `/keep-request` leaves its request, to extract from after it ended.
 type KeptRequest = web::Data<Mutex<Option<HttpRequest>>>;
 
@@ -211,7 +217,8 @@ fn routes(config: &mut web::ServiceConfig) {
         .route("/read-flash", web::get().to(read_flash))
         .route("/read-flash-panic", web::get().to(read_flash_then_panic))
         .route("/keep", web::get().to(keep))
-        .route("/keep-request", web::get().to(keep_request));
+        .route("/keep-request", web::get().to(keep_request))
+        .route("/big", web::get().to(big));
 }
 
 fn manager(store: Arc<dyn SessionInterface>) -> Arc<SessionManager> {
@@ -522,6 +529,40 @@ async fn an_extraction_after_the_request_ended_loads_nothing() {
     );
     assert!(session.insert("late", &true).is_err());
     assert_eq!(store.calls(), calls);
+}
+
+/// Cookie-only sessions are the manager's business: the same handlers and
+/// middleware run on them unchanged.
+#[actix_web::test]
+async fn cookie_only_sessions_work_through_the_middleware() {
+    let config = SessionConfig {
+        secure: false,
+        ..SessionConfig::default()
+    };
+    let key = session_store::cookie::Key::generate();
+    let manager = SessionManager::cookie_only(vec![key], config).expect("cookie-only manager");
+    let app = app!(SessionMiddleware::new(Arc::new(manager)));
+    let first = call(&app, "/set/base", None).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.cache_control.as_deref(), Some("no-store"));
+    let cookie = first.cookie();
+    // A change re-seals the session into a new cookie.
+    let cookie = call(&app, "/set/a", Some(&cookie)).await.cookie();
+    assert_eq!(call(&app, "/keys", Some(&cookie)).await.body, "base,a");
+    assert!(call(&app, "/none", Some(&cookie))
+        .await
+        .set_cookie
+        .is_none());
+
+    // Too large for a cookie: the save fails, and the old cookie stays.
+    let response = call(&app, "/big", Some(&cookie)).await;
+    assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.set_cookie.is_none());
+    assert_eq!(call(&app, "/keys", Some(&cookie)).await.body, "base,a");
+
+    let response = call(&app, "/logout", Some(&cookie)).await;
+    let set = response.set_cookie.expect("Set-Cookie");
+    assert!(set.contains("Max-Age=0"), "{set}");
 }
 
 /// Without a catch-panic middleware actix-web answers a panic by closing
