@@ -49,8 +49,8 @@ async fn main() -> std::io::Result<()> {
         secure: false, // plain http in development
         ..SessionConfig::default()
     };
-    let manager = SessionManager::new(Arc::new(MemoryStore::new()), config)
-        .map_err(std::io::Error::other)?;
+    let manager =
+        SessionManager::new(Arc::new(MemoryStore::new()), config).map_err(std::io::Error::other)?;
     let manager = Arc::new(manager);
 
     // Expired sessions stay in memory until flushed.
