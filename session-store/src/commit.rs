@@ -73,6 +73,13 @@ impl ActiveSession {
     /// further changes made meanwhile) finishes the job and never applies a
     /// change twice. After a successful commit the handle reflects what is
     /// stored; committing again writes nothing unless something changed.
+    ///
+    /// With a [cookie-only](crate::SessionManager::cookie_only) manager
+    /// there is no store: the commit seals the session into the returned
+    /// cookie when it changed (or its expiry moved by `touch_after`, or it
+    /// was opened with a retired key), fails with
+    /// [`Error::CookieTooLarge`] leaving the handle as it was, and a
+    /// `destroy` returns the removal cookie.
     pub async fn commit(&mut self) -> Result<Option<Cookie<'static>>> {
         if let Some(seal) = self.cookie_seal.clone() {
             return self.commit_to_cookie(&seal);
