@@ -28,13 +28,16 @@
 //!
 //! What the layer does around each request:
 //!
-//! - **Sessions are lazy.** Before the handler the layer only notes the
-//!   request's `Cookie` headers; it does not touch the store. The session is
-//!   loaded when a handler first extracts [`Session`], once per request
-//!   however many extractors or clones ask for it. A request whose handler
-//!   never extracts it does no store I/O at all, sends no `Set-Cookie`, and
-//!   is unaffected by a store outage.
-//! - Loading starts the session from the request's cookies. Malformed
+//! - **Sessions are lazy.** Before the handler the layer only puts a small
+//!   per-request state in the request's extensions: it neither parses
+//!   cookies nor touches the store. The session is loaded when a handler
+//!   first extracts [`Session`], once per request however many extractors
+//!   or clones ask for it. A request whose handler never extracts it does
+//!   no store I/O at all, sends no `Set-Cookie`, and is unaffected by a
+//!   store outage.
+//! - Loading starts the session from the request's `Cookie` headers (as
+//!   the extractor sees the request, so after any layer inside this one
+//!   that rewrites them). Malformed
 //!   cookies never fail a request: they start a fresh session. A store that
 //!   fails at load makes the extractor reject with
 //!   [`SessionRejection::Unavailable`] (`503 Service Unavailable`), so only
@@ -67,8 +70,9 @@ use std::task::{Context, Poll};
 use axum::extract::FromRequestParts;
 use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use session_store::{jar_from_cookie_headers, ActiveSession, Error, SessionId, SessionManager};
@@ -145,47 +149,106 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
 
 impl<S, B> Service<Request<B>> for SessionService<S>
 where
-    S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The clone that was polled ready serves this request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let save_on_server_error = self.save_on_server_error;
-        // Copies of the header values (reference-counted bytes), kept as the
-        // layer saw them: a later layer rewriting `Cookie` does not change
-        // which session this request has. Parsed only if the session loads.
-        let cookies = request.headers().get_all(COOKIE).iter().cloned().collect();
         let shared = Arc::new(Shared {
             manager: self.manager.clone(),
-            cookies,
             slot: OnceCell::new(),
             abandoned: AtomicBool::new(false),
         });
         request
             .extensions_mut()
             .insert(RequestSession(shared.clone()));
-        Box::pin(async move {
-            // A panic unwinding through here drops `shared` uncommitted.
-            let response = inner.call(request).await?;
-            Ok(finish(&shared, response, save_on_server_error).await)
-        })
+        // The inner service was polled ready: call it now, so the future
+        // below needs no clone of it, and no allocation unless it commits.
+        ResponseFuture {
+            state: State::Handler {
+                future: self.inner.call(request),
+                shared,
+                save_on_server_error: self.save_on_server_error,
+            },
+        }
+    }
+}
+
+type CommitFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+pin_project! {
+    /// The response future of [`SessionService`]: the handler's response,
+    /// then the commit of the session if the handler loaded it.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Handler {
+            #[pin]
+            future: F,
+            // Dropped uncommitted if a panic unwinds through this future.
+            shared: Arc<Shared>,
+            save_on_server_error: bool,
+        },
+        Commit {
+            future: CommitFuture,
+        },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let commit = match self.as_mut().project().state.project() {
+                StateProj::Handler {
+                    future,
+                    shared,
+                    save_on_server_error,
+                } => {
+                    let response = match future.poll(cx) {
+                        Poll::Ready(Ok(response)) => response,
+                        Poll::Ready(Err(never)) => match never {},
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    // Never loaded: nothing to save, no cookie, no store I/O.
+                    if shared.slot.get().is_none() {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let (shared, save) = (shared.clone(), *save_on_server_error);
+                    // Boxed: the commit's future is large and most requests
+                    // never get here.
+                    let commit: CommitFuture =
+                        Box::pin(async move { finish(&shared, response, save).await });
+                    commit
+                }
+                StateProj::Commit { future } => return future.as_mut().poll(cx).map(Ok),
+            };
+            self.as_mut()
+                .project()
+                .state
+                .set(State::Commit { future: commit });
+        }
     }
 }
 
 /// Commits the request's session, if a handler loaded it, into `response`.
 async fn finish(shared: &Shared, mut response: Response, save_on_server_error: bool) -> Response {
-    // Never loaded: nothing to save, no cookie to send, no store I/O.
     let Some(slot) = shared.slot.get() else {
         return response;
     };
@@ -238,8 +301,6 @@ async fn finish(shared: &Shared, mut response: Response, save_on_server_error: b
 /// extensions and every [`Session`] handle.
 struct Shared {
     manager: Arc<SessionManager>,
-    /// The request's `Cookie` header values, parsed at load.
-    cookies: Vec<HeaderValue>,
     /// Filled by the first extraction; inside, `None` once the layer took
     /// the session out to commit.
     slot: OnceCell<Mutex<Option<ActiveSession>>>,
@@ -254,14 +315,14 @@ fn lock(slot: &Mutex<Option<ActiveSession>>) -> MutexGuard<'_, Option<ActiveSess
 }
 
 impl Shared {
-    /// Loads the session on first use; later and concurrent callers share
-    /// that one load. A failed load is not kept: the next extraction tries
-    /// again.
-    async fn load(&self) -> Result<(), Error> {
+    /// Loads the session on first use from the request's `Cookie`
+    /// headers; later and concurrent callers share that one load. A failed
+    /// load is not kept: the next extraction tries again.
+    async fn load(&self, headers: &HeaderMap) -> Result<(), Error> {
         self.slot
             .get_or_try_init(|| async {
-                let jar =
-                    jar_from_cookie_headers(self.cookies.iter().filter_map(|v| v.to_str().ok()));
+                let values = headers.get_all(COOKIE).iter();
+                let jar = jar_from_cookie_headers(values.filter_map(|v| v.to_str().ok()));
                 self.manager
                     .start(&jar)
                     .await
@@ -425,7 +486,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             .get::<RequestSession>()
             .map(|request| request.0.clone())
             .ok_or(SessionRejection::MissingLayer)?;
-        shared.load().await.map_err(SessionRejection::Unavailable)?;
+        shared
+            .load(&parts.headers)
+            .await
+            .map_err(SessionRejection::Unavailable)?;
         Ok(Session { shared })
     }
 }
