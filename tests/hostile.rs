@@ -344,9 +344,7 @@ async fn sealed_rows(current: &Key, retired: &Key) -> Vec<Row> {
             "id",
             format!("{}.////not-a-record", SessionToken::generate().as_str()),
         ));
-        jar.get("id")
-            .map(|c| c.value().to_owned())
-            .unwrap_or_default()
+        url_safe(jar.get("id").map(|c| c.value()).unwrap_or_default())
     };
     let sealed_without_record = {
         let mut jar = CookieJar::new();
@@ -354,9 +352,7 @@ async fn sealed_rows(current: &Key, retired: &Key) -> Vec<Row> {
             "id",
             SessionToken::generate().as_str().to_owned(),
         ));
-        jar.get("id")
-            .map(|c| c.value().to_owned())
-            .unwrap_or_default()
+        url_safe(jar.get("id").map(|c| c.value()).unwrap_or_default())
     };
     let row = |name, value: String| Row {
         name,
@@ -379,6 +375,14 @@ async fn sealed_rows(current: &Key, retired: &Key) -> Vec<Row> {
             reaches: Reaches::Nothing,
         },
     ]
+}
+
+/// The private jar's standard base64 re-encoded URL-safe, as the manager
+/// sends sealed cookies.
+fn url_safe(sealed: &str) -> String {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    URL_SAFE_NO_PAD.encode(STANDARD.decode(sealed).expect("the jar writes base64"))
 }
 
 fn cookie_only_config() -> SessionConfig {

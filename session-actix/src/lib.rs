@@ -54,8 +54,10 @@
 //! - **A handler that panicked commits nothing**: no write, no touch, no
 //!   cookie. actix-web does not turn a panic into a response: the
 //!   connection is closed without one. A catch-panic middleware placed
-//!   inside this one that answers `500` instead does not change this. See
-//!   [`Session`] for how the panic is noticed.
+//!   inside this one that answers `500` instead does not change this. The
+//!   panic is noticed through the handler's `Session` handles: one that
+//!   struck after the handler dropped (or moved away) every handle is not
+//!   noticed, and the changes made before it are saved. See [`Session`].
 //! - **Server errors (5xx) are saved by default**; with
 //!   [`SessionMiddleware::save_on_server_error`]`(false)` a 5xx response
 //!   commits nothing and sends no cookie.

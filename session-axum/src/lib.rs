@@ -53,8 +53,10 @@
 //! - **A handler that panicked commits nothing**: no write, no touch, no
 //!   cookie, even when a catch-panic layer (such as
 //!   `tower_http::catch_panic::CatchPanicLayer`) inside this one turns the
-//!   panic into a `500`. Its changes were half-finished by definition. See
-//!   [`Session`] for how the panic is noticed.
+//!   panic into a `500`. Its changes were half-finished by definition. The
+//!   panic is noticed through the handler's `Session` handles: one that
+//!   struck after the handler dropped (or moved away) every handle is not
+//!   noticed, and the changes made before it are saved. See [`Session`].
 //! - **Server errors (5xx) are saved by default**; with
 //!   [`SessionLayer::save_on_server_error`]`(false)` a 5xx response commits
 //!   nothing and sends no cookie.

@@ -9,7 +9,7 @@
 //! logs) and changes on `regenerate`.
 
 use async_trait::async_trait;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use cookie::{Cookie, CookieJar, Key};
 use time::OffsetDateTime;
@@ -71,11 +71,18 @@ impl CookieSeal {
             tracing::debug!(cookie = %name, bytes = presented.value().len(), "oversized session cookie ignored");
             return None;
         }
+        // The private jar reads standard base64; we send it URL-safe.
+        let sealed = URL_SAFE_NO_PAD
+            .decode(presented.value())
+            .inspect_err(|e| tracing::debug!(error = %e, "session cookie is not a sealed value"))
+            .ok()?;
+        let mut as_sealed = CookieJar::new();
+        as_sealed.add_original(Cookie::new(name.clone(), STANDARD.encode(sealed)));
         let (index, plain) = self
             .keys
             .iter()
             .enumerate()
-            .find_map(|(index, key)| jar.private(key).get(&name).map(|c| (index, c)))?;
+            .find_map(|(index, key)| as_sealed.private(key).get(&name).map(|c| (index, c)))?;
         let Some((token, record)) = plain.value().split_once(SEPARATOR) else {
             tracing::debug!("sealed session cookie has no record");
             return None;
@@ -120,10 +127,19 @@ impl CookieSeal {
         let name = cookie.name().to_owned();
         let mut jar = CookieJar::new();
         jar.private_mut(&self.keys[0]).add(cookie);
-        let sealed = jar
+        let mut sealed = jar
             .get(&name)
             .cloned()
             .ok_or_else(|| Error::Config("sealing the session cookie failed".into()))?;
+        // The jar writes standard base64, whose '/' and '=' the cookie's
+        // percent-encoding would triple, by how many the random nonce
+        // happens to produce: a session's cookie would change size from one
+        // seal to the next. URL-safe base64 needs no escaping, so the size
+        // depends on the session alone.
+        let bytes = STANDARD
+            .decode(sealed.value())
+            .map_err(|e| Error::Config(format!("the sealed session cookie is not base64: {e}")))?;
+        sealed.set_value(URL_SAFE_NO_PAD.encode(bytes));
         let size = sealed.encoded().to_string().len();
         if size > MAX_COOKIE_BYTES {
             return Err(Error::CookieTooLarge {
@@ -144,7 +160,7 @@ pub(crate) struct NoStore;
 
 fn unsupported(operation: &'static str) -> Error {
     Error::Unsupported {
-        store: "cookie-only",
+        store: "a cookie-only manager (its sessions live in their cookies)",
         operation,
     }
 }
@@ -226,7 +242,22 @@ impl ActiveSession {
             .expiry(sealed.created_at_millis(), now_millis())
             .max(sealed.expires_at_millis());
         sealed.set_expires_at_millis(expiry);
-        let cookie = seal.seal(&self.config, &self.token, &sealed)?;
+        let cookie = match seal.seal(&self.config, &self.token, &sealed) {
+            Ok(cookie) => cookie,
+            // Nothing changed: the cookie is re-sent only to slide the
+            // expiry or move to the current key, and the browser's copy
+            // still works. (Its size is the same as when it was issued,
+            // unless a longer Max-Age tipped it over.)
+            Err(Error::CookieTooLarge { size, .. })
+                if self.changes.is_empty() && matches!(self.state, State::Loaded { .. }) =>
+            {
+                tracing::warn!(id = %self.session.id(), size, "a re-issued session cookie would be too large; the browser keeps its copy");
+                self.send_cookie = false;
+                self.expiry_moved = false;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         self.session = sealed;
         self.state = State::Loaded { version };
         self.changes.clear();

@@ -131,9 +131,10 @@ pub enum Error {
         limit: usize,
     },
 
-    /// The store cannot do this operation (a cookie-only manager's store
-    /// has no records to write).
-    #[error("the {store} store does not support {operation}")]
+    /// The store cannot do this operation: a store without a user index
+    /// asked for [`sessions_of`](crate::SessionInterface::sessions_of), a
+    /// cookie-only manager's store asked to write.
+    #[error("{operation} is not supported by {store}")]
     Unsupported {
         /// Which store.
         store: &'static str,

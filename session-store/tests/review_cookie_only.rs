@@ -46,7 +46,12 @@ fn seal_raw(key: &Key, name: &str, plain: &str) -> String {
     let mut jar = CookieJar::new();
     jar.private_mut(key)
         .add(Cookie::new(name.to_owned(), plain.to_owned()));
-    header_for(jar.get(name).expect("sealed"))
+    // As the manager sends it: the jar's standard base64 re-encoded URL-safe.
+    let sealed = jar.get(name).expect("sealed").value().to_owned();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .expect("the jar writes base64");
+    format!("{name}={}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// A session record sealed exactly as the manager seals it.
