@@ -9,6 +9,16 @@
 //!          record's recent write ids
 //! ```
 //!
+//! Format 3, written only for a session bound to a user, puts the user key
+//! between the header and the body, so a backend can read it without
+//! decoding the body (the Redis scripts maintain their user index from it):
+//!
+//! ```text
+//! [25..27]     user key length n, u16 big-endian (1..=256)
+//! [27..27+n]   user key, UTF-8
+//! [27+n..]     the format 2 body, then the binding's metadata map
+//! ```
+//!
 //! The fixed header lets a backend read or patch the version and expiry
 //! without decoding the body (the Redis store's compare-and-set script does).
 //! An unknown format byte is [`Error::Decode`], so the format can evolve
@@ -18,12 +28,16 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::id::SessionId;
-use crate::session::Session;
+use crate::session::{Session, UserBinding, MAX_USER_KEY_LEN};
 
 /// The first format: data and flash only. Still decoded, never written.
 pub const FORMAT_V1: u8 = 1;
-/// The format written today: format 1 plus the record's recent write ids.
+/// The format written for sessions bound to no user: format 1 plus the
+/// record's recent write ids.
 pub const FORMAT_V2: u8 = 2;
+/// The format written for sessions bound to a user: format 2 plus the user
+/// key (after the fixed header) and its metadata (after the body).
+pub const FORMAT_V3: u8 = 3;
 /// Length of the fixed header before the body.
 pub const HEADER_LEN: usize = 25;
 /// Byte range of the big-endian version in the header.
@@ -74,17 +88,33 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&session.created_at_millis().to_be_bytes());
     out.extend_from_slice(&session.expires_at_millis().to_be_bytes());
+    if let Some(user) = session.user() {
+        out[0] = FORMAT_V3;
+        let len = u16::try_from(user.key.len())
+            .ok()
+            .filter(|len| (1..=MAX_USER_KEY_LEN as u16).contains(len))
+            .ok_or_else(|| Error::Encode {
+                key: "user key".into(),
+                reason: format!("{} bytes is outside 1..={MAX_USER_KEY_LEN}", user.key.len()),
+            })?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(user.key.as_bytes());
+    }
     let body = BodyV2Ref {
         data: session.data(),
         flash: session.flash(),
         recent_writes: session.recent_writes(),
     };
-    bincode::encode_into_std_write(&body, &mut out, bincode::config::standard()).map_err(|e| {
-        Error::Encode {
-            key: "record".into(),
-            reason: e.to_string(),
-        }
-    })?;
+    let encode_error = |e: bincode::error::EncodeError| Error::Encode {
+        key: "record".into(),
+        reason: e.to_string(),
+    };
+    bincode::encode_into_std_write(&body, &mut out, bincode::config::standard())
+        .map_err(encode_error)?;
+    if let Some(user) = session.user() {
+        bincode::encode_into_std_write(&user.metadata, &mut out, bincode::config::standard())
+            .map_err(encode_error)?;
+    }
     Ok(out)
 }
 
@@ -93,19 +123,31 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
 pub fn decode(id: SessionId, bytes: &[u8], origin: &str) -> Result<Session> {
     let header = header(bytes, origin)?;
     let config = bincode::config::standard().with_limit::<MAX_BODY>();
-    let body_bytes = &bytes[HEADER_LEN..];
+    let (user_key, body_start) = user_key_at(bytes, header.format, origin)?;
+    let body_bytes = &bytes[body_start..];
     let (body, mut read): (BodyV1Borrowed<'_>, usize) =
         bincode::borrow_decode_from_slice(body_bytes, config)
             .map_err(|e| Error::decode(origin, e))?;
     let mut recent_writes = Vec::new();
-    if header.format == FORMAT_V2 {
+    if header.format >= FORMAT_V2 {
         let (writes, more): (Vec<u64>, usize) =
             bincode::decode_from_slice(&body_bytes[read..], config.with_limit::<1024>())
                 .map_err(|e| Error::decode(origin, e))?;
         recent_writes = writes;
         read += more;
     }
-    if HEADER_LEN + read != bytes.len() {
+    let mut user = None;
+    if let Some(key) = user_key {
+        let (metadata, more): (BTreeMap<String, String>, usize) =
+            bincode::decode_from_slice(&body_bytes[read..], config.with_limit::<65536>())
+                .map_err(|e| Error::decode(origin, e))?;
+        read += more;
+        user = Some(UserBinding {
+            key: key.to_owned(),
+            metadata,
+        });
+    }
+    if body_start + read != bytes.len() {
         return Err(Error::decode(origin, "trailing bytes after the record"));
     }
     let mut session = Session::from_parts(
@@ -117,7 +159,38 @@ pub fn decode(id: SessionId, bytes: &[u8], origin: &str) -> Result<Session> {
         header.version,
     );
     session.set_recent_writes(recent_writes);
+    session.set_user(user);
     Ok(session)
+}
+
+/// The user key of an encoded record (`None` for a session bound to no
+/// user), read without decoding the body: for stores that keep a user index.
+pub fn user_key<'a>(bytes: &'a [u8], origin: &str) -> Result<Option<&'a str>> {
+    let header = header(bytes, origin)?;
+    Ok(user_key_at(bytes, header.format, origin)?.0)
+}
+
+/// The user key of a record of `format`, and where its body starts.
+fn user_key_at<'a>(bytes: &'a [u8], format: u8, origin: &str) -> Result<(Option<&'a str>, usize)> {
+    if format != FORMAT_V3 {
+        return Ok((None, HEADER_LEN));
+    }
+    let len = bytes
+        .get(HEADER_LEN..HEADER_LEN + 2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or_else(|| Error::decode(origin, "record ends inside its user key length"))?;
+    if !(1..=MAX_USER_KEY_LEN).contains(&len) {
+        return Err(Error::decode(
+            origin,
+            format!("user key length {len} is out of range"),
+        ));
+    }
+    let start = HEADER_LEN + 2;
+    let key = bytes
+        .get(start..start + len)
+        .ok_or_else(|| Error::decode(origin, "record ends inside its user key"))?;
+    let key = std::str::from_utf8(key).map_err(|e| Error::decode(origin, e))?;
+    Ok((Some(key), start + len))
 }
 
 /// The fixed header of a record.
@@ -141,7 +214,7 @@ pub fn header(bytes: &[u8], origin: &str) -> Result<Header> {
             format!("record of {} bytes is shorter than its header", bytes.len()),
         ));
     }
-    if bytes[0] != FORMAT_V1 && bytes[0] != FORMAT_V2 {
+    if !matches!(bytes[0], FORMAT_V1 | FORMAT_V2 | FORMAT_V3) {
         return Err(Error::decode(
             origin,
             format!("unknown record format {}", bytes[0]),

@@ -140,6 +140,22 @@ impl Ctx {
         Ok(store)
     }
 
+    /// Whether the store under test keeps a user index
+    /// ([`SessionInterface::sessions_of`]); when it answers
+    /// [`Error::Unsupported`] the case counts as skipped (it should return
+    /// `Ok(())`).
+    pub async fn has_user_index(&self) -> std::result::Result<bool, Failure> {
+        match self.store.sessions_of("conformance probe").await {
+            Ok(_) => Ok(true),
+            Err(Error::Unsupported { .. }) => {
+                self.skipped
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A store nested inside `outer`'s namespace (see
     /// [`StoreFactory::make_nested`]); `None` when the factory has none,
     /// and the case then counts as skipped (it should return `Ok(())`).
@@ -216,7 +232,7 @@ pub async fn run_test(name: &str, case: CaseFn, factory: Arc<dyn StoreFactory>) 
     match run_case(case, factory).await {
         Ok(true) => {}
         Ok(false) => say_skipped(&format!(
-            "conformance case {name}: the factory gave no store, or no nested store (StoreFactory::make_nested)"
+            "conformance case {name}: the factory gave no store, or no nested store (StoreFactory::make_nested), or the store keeps no user index (sessions_of is Unsupported)"
         )),
         Err(failure) => panic!("conformance case {name} failed: {failure}"),
     }
@@ -403,6 +419,19 @@ macro_rules! __conformance_cases {
             manager_duplicate_cookies_start_fresh,
             manager_expiry_never_moves_backwards,
             manager_second_commit_writes_nothing,
+            user_index_lists_bound_sessions,
+            user_index_keys_are_exact,
+            user_index_follows_rebinding,
+            user_index_forgets_deleted,
+            user_index_never_lists_expired,
+            user_index_revoke_all,
+            user_index_revoke_all_but_one,
+            user_index_revoke_then_save_is_gone,
+            user_index_revoke_racing_saves,
+            user_index_revoke_racing_logins,
+            user_index_namespaces_are_separate,
+            user_index_nested_namespace_is_foreign,
+            user_index_many_sessions,
         );
     };
     (@expand [[$factory:expr]] $($case:ident),* $(,)?) => {
@@ -550,5 +579,33 @@ impl SessionInterface for ReferenceStore {
     async fn len(&self) -> Result<u64> {
         let now = now_millis();
         self.with(|m| m.values().filter(|s| !s.is_expired_at(now)).count() as u64)
+    }
+
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let now = now_millis();
+        self.with(|m| {
+            m.values()
+                .filter(|s| s.user_key() == Some(user_key) && !s.is_expired_at(now))
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        self.with(|m| {
+            let revoked: Vec<SessionId> = m
+                .values()
+                .filter(|s| s.user_key() == Some(user_key) && Some(&s.id()) != except)
+                .map(Session::id)
+                .collect();
+            for id in &revoked {
+                m.remove(id);
+            }
+            revoked
+        })
     }
 }

@@ -34,7 +34,8 @@ pub use error::{BoxError, Error, Result};
 pub use id::{SessionId, SessionToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 pub use manager::SessionManager;
 pub use session::{
-    decode_value, encode_value, from_unix_millis, now_millis, unix_millis, Session, RECENT_WRITES,
+    decode_value, encode_value, from_unix_millis, now_millis, unix_millis, Session, UserBinding,
+    MAX_USER_KEY_LEN, MAX_USER_METADATA_ENTRIES, MAX_USER_METADATA_LEN, RECENT_WRITES,
 };
 pub use store::{DeleteOutcome, SessionInterface, UpdateOutcome, MAX_VERSION};
 pub use time;

@@ -96,6 +96,56 @@ pub struct Session {
     expires_at_ms: i64,
     version: u64,
     recent_writes: Vec<u64>,
+    user: Option<UserBinding>,
+}
+
+/// The application user a session is bound to (see
+/// [`ActiveSession::set_user`](crate::ActiveSession::set_user)), kept in the
+/// record so that each store can index sessions by user in the same write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserBinding {
+    /// The application's key for the user (a user id; never a secret).
+    pub key: String,
+    /// Small app-chosen labels set at login (a device name, an IP range).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The longest user key, in bytes.
+pub const MAX_USER_KEY_LEN: usize = 256;
+/// The most metadata entries a binding may carry.
+pub const MAX_USER_METADATA_ENTRIES: usize = 16;
+/// The longest metadata key or value, in bytes.
+pub const MAX_USER_METADATA_LEN: usize = 256;
+
+impl UserBinding {
+    /// A binding to `key` with `metadata`, or [`Error::Encode`] when the key
+    /// is empty, too long or holds control characters, or the metadata is
+    /// too large (the index keeps them small and storable everywhere).
+    pub fn new(key: impl Into<String>, metadata: BTreeMap<String, String>) -> Result<Self> {
+        let key = key.into();
+        if key.is_empty() || key.len() > MAX_USER_KEY_LEN || key.chars().any(char::is_control) {
+            return Err(Error::Encode {
+                key: "user key".into(),
+                reason: format!(
+                    "a user key must be 1 to {MAX_USER_KEY_LEN} bytes without control characters; this one has {} bytes",
+                    key.len()
+                ),
+            });
+        }
+        if metadata.len() > MAX_USER_METADATA_ENTRIES
+            || metadata
+                .iter()
+                .any(|(k, v)| k.len() > MAX_USER_METADATA_LEN || v.len() > MAX_USER_METADATA_LEN)
+        {
+            return Err(Error::Encode {
+                key: "user metadata".into(),
+                reason: format!(
+                    "at most {MAX_USER_METADATA_ENTRIES} entries of at most {MAX_USER_METADATA_LEN} bytes each"
+                ),
+            });
+        }
+        Ok(UserBinding { key, metadata })
+    }
 }
 
 /// How many write ids a record remembers (see [`Session::recent_writes`]).
@@ -113,6 +163,7 @@ impl Session {
             expires_at_ms: now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64),
             version: 1,
             recent_writes: Vec::new(),
+            user: None,
         }
     }
 
@@ -133,7 +184,24 @@ impl Session {
             expires_at_ms,
             version,
             recent_writes: Vec::new(),
+            user: None,
         }
+    }
+
+    /// The user this session is bound to, if any.
+    pub fn user(&self) -> Option<&UserBinding> {
+        self.user.as_ref()
+    }
+
+    /// The key of the user this session is bound to, if any.
+    pub fn user_key(&self) -> Option<&str> {
+        self.user.as_ref().map(|u| u.key.as_str())
+    }
+
+    /// Binds the session to a user, or unbinds it (for the manager, the
+    /// codec and store implementations).
+    pub fn set_user(&mut self, user: Option<UserBinding>) {
+        self.user = user;
     }
 
     /// The ids of the last saves that wrote this record, newest first (at

@@ -5,7 +5,7 @@ use std::fmt;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::SessionId;
 use crate::session::Session;
 
@@ -152,5 +152,52 @@ pub trait SessionInterface: Send + Sync + fmt::Debug {
     /// Whether this store's namespace holds no live session.
     async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
+    }
+
+    /// The live sessions of this namespace bound to `user_key`
+    /// ([`Session::user_key`]), in no particular order: never an expired
+    /// one, never one bound to another user, however the keys compare
+    /// (`ada` does not find `ada2`).
+    ///
+    /// **The user index.** A store that supports it keeps every record
+    /// findable by the user key it carries, in the same atomic step as the
+    /// write: after `set`, `create` or `update` the record is listed under
+    /// its user key and no longer under a previous one; after `delete`,
+    /// `delete_if` or `clear` it is listed nowhere. An index entry may
+    /// outlive its record (expired, deleted) until the next `flush` at most,
+    /// and never makes `sessions_of` or `revoke_user` act on a record that
+    /// is not bound to that user now.
+    ///
+    /// The default answers [`Error::Unsupported`]: the manager's user
+    /// features then fail with it, and the conformance suite skips its
+    /// user-index cases for the store (visibly).
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let _ = user_key;
+        Err(Error::Unsupported {
+            store: "this store",
+            operation: "sessions_of",
+        })
+    }
+
+    /// Deletes every record of this namespace bound to `user_key` (live or
+    /// expired) except the one under `except`, and returns the ids deleted.
+    ///
+    /// A revoked record stays deleted: a later `update` of it is `Gone`,
+    /// `touch` is `false`, as after any delete, so a request in flight
+    /// cannot bring it back. A record bound to the user after the call
+    /// started (a login finishing meanwhile) may survive it.
+    ///
+    /// The default answers [`Error::Unsupported`] (see
+    /// [`sessions_of`](Self::sessions_of)).
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        let _ = (user_key, except);
+        Err(Error::Unsupported {
+            store: "this store",
+            operation: "revoke_user",
+        })
     }
 }

@@ -18,9 +18,11 @@ use crate::{SessionConfig, SessionManager};
 
 mod contract;
 mod manager_rules;
+mod user_index;
 
 pub use contract::*;
 pub use manager_rules::*;
+pub use user_index::*;
 
 type R<T> = std::result::Result<T, Failure>;
 

@@ -88,6 +88,16 @@ pub enum Bug {
     ClearStopsOnShortBatch,
     /// `clear` deletes only live records.
     ClearKeepsExpired,
+    /// `sessions_of` and `revoke_user` match user keys by prefix (`ada`
+    /// finds `ada2`), like a careless `LIKE 'ada%'` or `SCAN user:ada*`.
+    UserIndexByPrefix,
+    /// `revoke_user` ignores `except`.
+    RevokeIgnoresExcept,
+    /// The index keeps the user a session was created with, whatever later
+    /// writes bind it to.
+    UserIndexKeepsFirstBinding,
+    /// `sessions_of` lists expired sessions too.
+    UserIndexListsExpired,
 }
 
 /// A `ReferenceStore` with one bug. It remembers every id it was given, so
@@ -99,6 +109,8 @@ pub struct Broken {
     bug: Bug,
     ids: Mutex<Vec<SessionId>>,
     cache: Mutex<HashMap<SessionId, Session>>,
+    /// What `set` and `create` were last given per id, expired or not.
+    written: Mutex<HashMap<SessionId, Session>>,
 }
 
 /// A factory of fresh stores with `bug`.
@@ -109,6 +121,7 @@ pub fn broken(bug: Bug) -> Arc<dyn StoreFactory> {
             bug,
             ids: Mutex::new(Vec::new()),
             cache: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }) as Arc<dyn SessionInterface>)
     }))
 }
@@ -158,6 +171,40 @@ impl Broken {
         if let Ok(mut ids) = self.ids.lock() {
             ids.push(id);
         }
+    }
+
+    fn note(&self, session: &Session) {
+        if let Ok(mut written) = self.written.lock() {
+            match written.get(&session.id()) {
+                // The first binding stays for `UserIndexKeepsFirstBinding`.
+                Some(first) if first.user().is_some() => {
+                    let first = first.user().cloned();
+                    let mut s = session.clone();
+                    if matches!(self.bug, Bug::UserIndexKeepsFirstBinding) {
+                        s.set_user(first);
+                    }
+                    written.insert(session.id(), s);
+                }
+                _ => {
+                    written.insert(session.id(), session.clone());
+                }
+            }
+        }
+    }
+
+    /// The record last written under `id` if one is stored, expired or not.
+    async fn raw(&self, id: &SessionId) -> Result<Option<Session>> {
+        if !self.inner.exists(id).await? {
+            return Ok(None);
+        }
+        Ok(self.written.lock().ok().and_then(|w| w.get(id).cloned()))
+    }
+
+    fn first_binding(&self, id: &SessionId) -> Option<String> {
+        self.written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(id).and_then(|s| s.user_key().map(str::to_owned)))
     }
 
     fn known(&self) -> Vec<SessionId> {
@@ -239,6 +286,7 @@ impl SessionInterface for Broken {
 
     async fn set(&self, session: &Session) -> Result<()> {
         self.remember(session.id());
+        self.note(session);
         self.forget_cache(&session.id());
         match self.bug {
             Bug::AcceptsAnyVersion => {
@@ -266,6 +314,9 @@ impl SessionInterface for Broken {
 
     async fn create(&self, session: &Session) -> Result<()> {
         self.remember(session.id());
+        if !self.inner.exists(&session.id()).await? {
+            self.note(session);
+        }
         self.forget_cache(&session.id());
         match self.bug {
             Bug::CreateOverwrites => return self.inner.set(session).await,
@@ -507,6 +558,62 @@ impl SessionInterface for Broken {
                 Ok(())
             }
             _ => self.inner.clear().await,
+        }
+    }
+
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        match self.bug {
+            Bug::UserIndexByPrefix
+            | Bug::UserIndexKeepsFirstBinding
+            | Bug::UserIndexListsExpired => {
+                let mut out = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for id in self.known() {
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    let record = match self.bug {
+                        Bug::UserIndexListsExpired => self.raw(&id).await?,
+                        _ => self.inner.get(&id).await?,
+                    };
+                    let Some(record) = record else { continue };
+                    let indexed_under = match self.bug {
+                        Bug::UserIndexKeepsFirstBinding => self.first_binding(&id),
+                        _ => record.user_key().map(str::to_owned),
+                    };
+                    let matches = match (&indexed_under, self.bug) {
+                        (Some(key), Bug::UserIndexByPrefix) => key.starts_with(user_key),
+                        (Some(key), _) => key == user_key,
+                        (None, _) => false,
+                    };
+                    if matches {
+                        out.push(record);
+                    }
+                }
+                Ok(out)
+            }
+            _ => self.inner.sessions_of(user_key).await,
+        }
+    }
+
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        match self.bug {
+            Bug::RevokeIgnoresExcept => self.inner.revoke_user(user_key, None).await,
+            Bug::UserIndexByPrefix => {
+                let mut revoked = Vec::new();
+                for s in self.sessions_of(user_key).await? {
+                    if Some(&s.id()) != except {
+                        self.inner.delete(&s.id()).await?;
+                        revoked.push(s.id());
+                    }
+                }
+                Ok(revoked)
+            }
+            _ => self.inner.revoke_user(user_key, except).await,
         }
     }
 

@@ -155,6 +155,38 @@ impl SessionInterface for PrefixStore {
         self.with(|m| m.retain(|k, _| !self.mine(k, loose)))
     }
 
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let now = now_millis();
+        self.with(|m| {
+            m.iter()
+                .filter(|(k, s)| {
+                    self.mine(k, false) && s.user_key() == Some(user_key) && !s.is_expired_at(now)
+                })
+                .map(|(_, s)| s.clone())
+                .collect()
+        })
+    }
+
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        self.with(|m| {
+            let mut revoked = Vec::new();
+            m.retain(|k, s| {
+                let revoke = self.mine(k, false)
+                    && s.user_key() == Some(user_key)
+                    && Some(&s.id()) != except;
+                if revoke {
+                    revoked.push(s.id());
+                }
+                !revoke
+            });
+            revoked
+        })
+    }
+
     async fn len(&self) -> Result<u64> {
         let (loose, now) = (self.bug == Some(PrefixBug::LenStartsWith), now_millis());
         self.with(|m| {
