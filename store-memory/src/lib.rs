@@ -9,6 +9,17 @@
 //! is honoured on every read; [`flush`](SessionInterface::flush) drops
 //! expired records.
 //!
+//! ## User index
+//!
+//! A second sharded map lists, per user key, the ids of the records bound
+//! to it ([`sessions_of`](SessionInterface::sessions_of),
+//! [`revoke_user`](SessionInterface::revoke_user)). It is changed only
+//! while the record's own shard lock is held, by the same call that writes
+//! or removes the record, so it always agrees with the records: no
+//! interleaving of writers leaves a bound record unlisted or a removed one
+//! listed. A write of a session that is bound to no user, or whose binding
+//! did not change, does no index work (one comparison).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use session_store_memory::MemoryStore;
@@ -18,6 +29,7 @@
 //! ```
 #![warn(missing_docs)]
 
+use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
 use async_trait::async_trait;
@@ -30,6 +42,9 @@ use session_store::{
     SessionInterface, UpdateOutcome,
 };
 
+/// Names a record in error messages.
+const ORIGIN: &str = "memory record";
+
 /// A stored record: the expiry and version are kept beside the encoded bytes
 /// so that checks need no decoding.
 #[derive(Debug)]
@@ -40,13 +55,25 @@ struct Record {
 }
 
 impl Record {
+    /// The user key this record is bound to, read from the encoded bytes
+    /// (format 3); `None` for an unbound record, at the cost of one byte
+    /// comparison.
+    fn user_key(&self) -> Option<&str> {
+        if self.bytes.first() != Some(&codec::FORMAT_V3) {
+            return None;
+        }
+        // The store encoded these bytes itself, so the key is readable; a
+        // record that were not would simply be treated as unbound.
+        codec::user_key(&self.bytes, ORIGIN).ok().flatten()
+    }
+
     fn encode(session: &Session, version: u64) -> Result<Self> {
         Self::encode_expiring(session, version, session.expires_at_millis())
     }
 
     fn encode_expiring(session: &Session, version: u64, expires_at_ms: i64) -> Result<Self> {
         let mut bytes = codec::encode(session, version)?;
-        codec::patch_expires_at(&mut bytes, expires_at_ms, "memory record")?;
+        codec::patch_expires_at(&mut bytes, expires_at_ms, ORIGIN)?;
         Ok(Record {
             expires_at_ms,
             version,
@@ -63,6 +90,11 @@ impl Record {
 #[derive(Debug)]
 pub struct MemoryStore {
     map: DashMap<SessionId, Record, BuildHasherDefault<IdHasher>>,
+    /// The user index: user key to the ids of the records bound to it.
+    /// Lock order: a record's shard, then an index shard (never the other
+    /// way round), and every change of an id's entry happens under that
+    /// id's record shard lock.
+    users: DashMap<String, HashSet<SessionId, BuildHasherDefault<IdHasher>>>,
 }
 
 /// Hashes a [`SessionId`] by its first eight bytes. An id is already a
@@ -101,6 +133,7 @@ impl Default for MemoryStore {
                 BuildHasherDefault::default(),
                 SHARDS,
             ),
+            users: DashMap::with_shard_amount(SHARDS),
         }
     }
 }
@@ -109,6 +142,57 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lists `id` under `user`. Call with `id`'s record shard locked.
+    fn index(&self, user: &str, id: SessionId) {
+        // Looked up first so that a known user costs no key allocation.
+        if let Some(mut ids) = self.users.get_mut(user) {
+            ids.insert(id);
+            return;
+        }
+        self.users.entry(user.to_owned()).or_default().insert(id);
+    }
+
+    /// Takes `id` off `user`'s list, dropping the list once empty. Call
+    /// with `id`'s record shard locked.
+    fn unindex(&self, user: &str, id: &SessionId) {
+        let now_empty = match self.users.get_mut(user) {
+            Some(mut ids) => {
+                ids.remove(id);
+                ids.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            // Re-checked under the index shard's lock: another record of
+            // the user may have been listed meanwhile.
+            self.users.remove_if(user, |_, ids| ids.is_empty());
+        }
+    }
+
+    /// Moves `id` from the user of the record it replaces to the user of
+    /// its new record. Call with `id`'s record shard locked. Nothing to do
+    /// (one comparison) when the binding did not change.
+    fn reindex(&self, id: SessionId, old: Option<&str>, new: Option<&str>) {
+        if old == new {
+            return;
+        }
+        if let Some(new) = new {
+            self.index(new, id);
+        }
+        if let Some(old) = old {
+            self.unindex(old, &id);
+        }
+    }
+
+    /// The ids listed under `user`, copied so that no index lock is held
+    /// while records are read (the lock order is record, then index).
+    fn listed(&self, user: &str) -> Vec<SessionId> {
+        self.users
+            .get(user)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -127,7 +211,7 @@ impl SessionInterface for MemoryStore {
         let now = now_millis();
         match self.map.get(id) {
             Some(record) if record.is_live(now) => {
-                let mut session = codec::decode(*id, &record.bytes, "memory record")?;
+                let mut session = codec::decode(*id, &record.bytes, ORIGIN)?;
                 session.set_expires_at_millis(record.expires_at_ms);
                 Ok(Some(session))
             }
@@ -138,12 +222,28 @@ impl SessionInterface for MemoryStore {
     async fn set(&self, session: &Session) -> Result<()> {
         storable_version(session.id(), session.version())?;
         let record = Record::encode(session, session.version())?;
-        self.map.insert(session.id(), record);
+        match self.map.entry(session.id()) {
+            MapEntry::Occupied(mut slot) => {
+                self.reindex(session.id(), slot.get().user_key(), session.user_key());
+                slot.insert(record);
+            }
+            MapEntry::Vacant(slot) => {
+                if let Some(user) = session.user_key() {
+                    self.index(user, session.id());
+                }
+                slot.insert(record);
+            }
+        }
         Ok(())
     }
 
     async fn delete(&self, id: &SessionId) -> Result<()> {
-        self.map.remove(id);
+        self.map.remove_if(id, |id, record| {
+            if let Some(user) = record.user_key() {
+                self.unindex(user, id);
+            }
+            true
+        });
         Ok(())
     }
 
@@ -153,6 +253,9 @@ impl SessionInterface for MemoryStore {
         match self.map.entry(session.id()) {
             MapEntry::Occupied(_) => Err(Error::IdCollision { id: session.id() }),
             MapEntry::Vacant(slot) => {
+                if let Some(user) = session.user_key() {
+                    self.index(user, session.id());
+                }
                 slot.insert(record);
                 Ok(())
             }
@@ -172,7 +275,10 @@ impl SessionInterface for MemoryStore {
             return Ok(UpdateOutcome::Conflict);
         }
         let expires_at_ms = stored.expires_at_ms.max(session.expires_at_millis());
-        *stored = Record::encode_expiring(session, version, expires_at_ms)?;
+        let record = Record::encode_expiring(session, version, expires_at_ms)?;
+        // Still under the record's lock: the index moves with the record.
+        self.reindex(session.id(), stored.user_key(), session.user_key());
+        *stored = record;
         Ok(UpdateOutcome::Updated { version })
     }
 
@@ -180,7 +286,7 @@ impl SessionInterface for MemoryStore {
         let now = now_millis();
         let mut outcome = DeleteOutcome::Gone;
         // Decided under the shard's write lock, so no save slips in between.
-        self.map.remove_if(id, |_, record| {
+        self.map.remove_if(id, |id, record| {
             if !record.is_live(now) {
                 outcome = DeleteOutcome::Gone;
                 false
@@ -189,6 +295,9 @@ impl SessionInterface for MemoryStore {
                 false
             } else {
                 outcome = DeleteOutcome::Deleted;
+                if let Some(user) = record.user_key() {
+                    self.unindex(user, id);
+                }
                 true
             }
         });
@@ -204,7 +313,7 @@ impl SessionInterface for MemoryStore {
             return Ok(false);
         }
         let expires_at_ms = stored.expires_at_ms.max(unix_millis(expires_at));
-        codec::patch_expires_at(&mut stored.bytes, expires_at_ms, "memory record")?;
+        codec::patch_expires_at(&mut stored.bytes, expires_at_ms, ORIGIN)?;
         stored.expires_at_ms = expires_at_ms;
         Ok(true)
     }
@@ -224,11 +333,16 @@ impl SessionInterface for MemoryStore {
         for batch in expired.chunks(FLUSH_BATCH) {
             for id in batch {
                 // Re-checked: it may have been touched since.
-                if self
-                    .map
-                    .remove_if(id, |_, record| !record.is_live(now))
-                    .is_some()
-                {
+                let expired = |id: &SessionId, record: &Record| {
+                    if record.is_live(now) {
+                        return false;
+                    }
+                    if let Some(user) = record.user_key() {
+                        self.unindex(user, id);
+                    }
+                    true
+                };
+                if self.map.remove_if(id, expired).is_some() {
                     removed += 1;
                 }
             }
@@ -238,7 +352,15 @@ impl SessionInterface for MemoryStore {
     }
 
     async fn clear(&self) -> Result<()> {
-        self.map.clear();
+        // Shard by shard under its write lock, so each record leaves the
+        // index in the same step (a wholesale clear of the index could drop
+        // a record written between the two clears).
+        self.map.retain(|id, record| {
+            if let Some(user) = record.user_key() {
+                self.unindex(user, id);
+            }
+            false
+        });
         Ok(())
     }
 
@@ -246,15 +368,61 @@ impl SessionInterface for MemoryStore {
         let now = now_millis();
         Ok(self.map.iter().filter(|r| r.is_live(now)).count() as u64)
     }
+
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let now = now_millis();
+        let mut sessions = Vec::new();
+        for id in self.listed(user_key) {
+            let Some(record) = self.map.get(&id) else {
+                continue;
+            };
+            // The record is the truth: it may have been rebound since the
+            // listing was copied.
+            if record.is_live(now) && record.user_key() == Some(user_key) {
+                let mut session = codec::decode(id, &record.bytes, ORIGIN)?;
+                session.set_expires_at_millis(record.expires_at_ms);
+                sessions.push(session);
+            }
+        }
+        Ok(sessions)
+    }
+
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        let mut revoked = Vec::new();
+        for id in self.listed(user_key) {
+            if Some(&id) == except {
+                continue;
+            }
+            // Decided under the record's lock: a rebinding save cannot slip
+            // between the check and the delete.
+            let bound_here = |id: &SessionId, record: &Record| {
+                if record.user_key() != Some(user_key) {
+                    return false;
+                }
+                self.unindex(user_key, id);
+                true
+            };
+            if self.map.remove_if(&id, bound_here).is_some() {
+                revoked.push(id);
+            }
+        }
+        Ok(revoked)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
     use std::hash::BuildHasher as _;
     use std::time::Duration;
 
-    use session_store::SessionToken;
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Arc;
+
+    use session_store::{SessionToken, UserBinding};
 
     use super::*;
 
@@ -269,6 +437,113 @@ mod tests {
             1000,
             "ids share hashes: one shard, long chains"
         );
+    }
+
+    fn bound_to(user: Option<&str>) -> Session {
+        let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+        s.set_user(user.map(|u| UserBinding::new(u, Default::default()).unwrap()));
+        s
+    }
+
+    /// The index lists exactly the records bound to each user: no bound
+    /// record missing, no entry for a record that is gone or rebound, no
+    /// empty list.
+    fn assert_index_agrees(store: &MemoryStore) {
+        let mut expected: HashMap<String, BTreeSet<SessionId>> = HashMap::new();
+        for entry in store.map.iter() {
+            if let Some(user) = entry.user_key() {
+                expected
+                    .entry(user.to_owned())
+                    .or_default()
+                    .insert(*entry.key());
+            }
+        }
+        let actual: HashMap<String, BTreeSet<SessionId>> = store
+            .users
+            .iter()
+            .map(|e| (e.key().clone(), e.value().iter().copied().collect()))
+            .collect();
+        assert_eq!(actual, expected, "the index disagrees with the records");
+    }
+
+    /// Many tasks rebinding, deleting, revoking, creating and clearing at
+    /// once over a few shared sessions and users: afterwards the index and
+    /// the records agree exactly, and every revoke returned only ids whose
+    /// records it took away.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_index_agrees_with_the_records_after_racing_writers() {
+        const USERS: [Option<&str>; 4] = [Some("ada"), Some("bob"), Some("ada2"), None];
+        let store = Arc::new(MemoryStore::new());
+        let shared: Vec<Session> = (0..16).map(|i| bound_to(USERS[i % 4])).collect();
+        for s in &shared {
+            store.create(s).await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for worker in 0..8usize {
+            let (store, shared) = (store.clone(), shared.clone());
+            tasks.push(tokio::spawn(async move {
+                for round in 0..400usize {
+                    let pick = (worker * 7 + round * 13) % shared.len();
+                    let mut s = shared[pick].clone();
+                    let user = USERS[(worker + round) % USERS.len()];
+                    s.set_user(user.map(|u| UserBinding::new(u, Default::default()).unwrap()));
+                    match round % 8 {
+                        0..=2 => {
+                            // A rebinding save at whatever version is there.
+                            if let Some(stored) = store.get(&s.id()).await.unwrap() {
+                                let _ = store.update(&s, stored.version()).await.unwrap();
+                            }
+                        }
+                        3 => store.set(&s).await.unwrap(),
+                        4 => {
+                            let _ = store.create(&s).await;
+                        }
+                        5 => store.delete(&s.id()).await.unwrap(),
+                        6 => {
+                            let victim = USERS[round % 3].unwrap();
+                            let except = (round % 2 == 0).then_some(s.id());
+                            store.revoke_user(victim, except.as_ref()).await.unwrap();
+                        }
+                        _ => {
+                            let fresh = bound_to(user);
+                            store.create(&fresh).await.unwrap();
+                            if round % 16 == 7 {
+                                store.delete_if(&fresh.id(), 1).await.unwrap();
+                            }
+                        }
+                    }
+                    if round % 100 == 99 && worker == 0 {
+                        store.clear().await.unwrap();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_index_agrees(&store);
+        for user in USERS.iter().flatten() {
+            let listed = store.sessions_of(user).await.unwrap();
+            assert!(listed.iter().all(|s| s.user_key() == Some(*user)));
+            let revoked = store.revoke_user(user, None).await.unwrap();
+            assert_eq!(revoked.len(), listed.len(), "{user}");
+        }
+        assert_index_agrees(&store);
+        assert!(store.users.is_empty(), "lists left for revoked users");
+    }
+
+    #[tokio::test]
+    async fn expired_records_leave_the_index_with_flush() {
+        let store = MemoryStore::new();
+        let mut gone = bound_to(Some("ada"));
+        gone.set_expires_at_millis(now_millis() - 1);
+        store.set(&gone).await.unwrap();
+        let stays = bound_to(Some("ada"));
+        store.create(&stays).await.unwrap();
+        assert_eq!(store.flush().await.unwrap(), 1);
+        assert_index_agrees(&store);
+        assert_eq!(store.listed("ada"), vec![stays.id()]);
     }
 
     #[tokio::test]
