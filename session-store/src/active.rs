@@ -12,7 +12,7 @@ use crate::config::SessionConfig;
 use crate::cookie_only::CookieSeal;
 use crate::error::{Error, Result};
 use crate::id::{SessionId, SessionToken};
-use crate::session::{decode_value, encode_value, Session};
+use crate::session::{decode_value, encode_value, Session, UserBinding};
 use crate::store::SessionInterface;
 
 /// Where an [`ActiveSession`] stands between `start` and the end of `commit`.
@@ -90,6 +90,8 @@ pub struct ActiveSession {
     /// Set in cookie-only mode: the session is sealed into its cookie at
     /// commit instead of being saved to a store.
     pub(crate) cookie_seal: Option<Arc<CookieSeal>>,
+    /// The stored session `destroy` ended (for the `Destroyed` event).
+    pub(crate) ended: Option<SessionId>,
 }
 
 impl fmt::Debug for ActiveSession {
@@ -131,6 +133,7 @@ impl ActiveSession {
             regen: Regeneration::default(),
             discarded: Vec::new(),
             cookie_seal: None,
+            ended: None,
         }
     }
 
@@ -258,6 +261,38 @@ impl ActiveSession {
             .ok_or_else(|| Error::decode(key, "modified value vanished"))
     }
 
+    /// Binds this session to an application user: `user_key` is the app's
+    /// key for the user (a user id; never a password), `metadata` small
+    /// labels shown when listing the user's sessions (a device name).
+    /// Call it at login, usually with [`regenerate`](Self::regenerate),
+    /// which keeps the binding. The store indexes the session under the
+    /// user in the same write that saves it, so
+    /// [`SessionManager::sessions_of`](crate::SessionManager::sessions_of)
+    /// lists it and [`SessionManager::revoke_user`](crate::SessionManager::revoke_user)
+    /// can end it; a commit that binds also enforces
+    /// [`max_sessions_per_user`](crate::SessionConfig::max_sessions_per_user).
+    ///
+    /// [`Error::Encode`] for an empty key, one over
+    /// [`MAX_USER_KEY_LEN`](crate::MAX_USER_KEY_LEN) bytes or with control
+    /// characters, or oversized metadata.
+    pub fn set_user(&mut self, user_key: &str, metadata: BTreeMap<String, String>) -> Result<()> {
+        let binding = UserBinding::new(user_key, metadata)?;
+        self.record(Change::SetUser(Some(binding)))
+    }
+
+    /// Unbinds the session from its user (it stays, anonymous).
+    pub fn clear_user(&mut self) {
+        if self.session.user().is_some() {
+            // Applying an unbinding cannot fail.
+            let _ = self.record(Change::SetUser(None));
+        }
+    }
+
+    /// The user this session is bound to, if any.
+    pub fn user_key(&self) -> Option<&str> {
+        self.session.user_key()
+    }
+
     /// Sets a flash value: readable with [`get_flash`](Self::get_flash) on
     /// a later request of this session, once.
     pub fn flash<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
@@ -338,6 +373,12 @@ impl ActiveSession {
     /// Deletes the session at commit and expires the cookie (`Max-Age=0`).
     pub fn destroy(&mut self) {
         let mut pending = std::mem::take(&mut self.discarded);
+        self.ended = match &self.state {
+            State::Loaded { .. } => Some(self.session.id()),
+            State::Regenerating { old_id, .. } => Some(*old_id),
+            State::Destroyed { .. } => self.ended,
+            State::New | State::Gone => None,
+        };
         match &self.state {
             State::Loaded { .. } => pending.push(self.session.id()),
             State::Regenerating { old_id, .. } => {

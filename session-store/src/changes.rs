@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::session::Session;
+use crate::session::{Session, UserBinding};
 
 pub(crate) type Modifier = Arc<dyn Fn(Option<&[u8]>) -> Result<Vec<u8>> + Send + Sync>;
 
@@ -19,6 +19,8 @@ pub(crate) enum Change {
     /// the stored value is still the one read, so a newer flash set by
     /// another request under the same key survives until someone reads it.
     ConsumeFlash(String, Vec<u8>),
+    /// Binds the session to a user (or unbinds it).
+    SetUser(Option<UserBinding>),
 }
 
 impl Change {
@@ -42,6 +44,7 @@ impl Change {
                     session.flash_mut().remove(key);
                 }
             }
+            Change::SetUser(user) => session.set_user(user.clone()),
         }
         Ok(())
     }

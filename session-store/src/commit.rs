@@ -24,7 +24,7 @@ use cookie::Cookie;
 use rand::RngCore as _;
 
 use crate::active::{ActiveSession, PendingWrite, Regeneration, State};
-use crate::changes::replay;
+use crate::changes::{replay, Change};
 use crate::cookies::{removal_cookie, session_cookie};
 use crate::error::{Error, Result};
 use crate::id::SessionId;
@@ -81,9 +81,25 @@ impl ActiveSession {
     /// [`Error::CookieTooLarge`] leaving the handle as it was, and a
     /// `destroy` returns the removal cookie.
     pub async fn commit(&mut self) -> Result<Option<Cookie<'static>>> {
-        if let Some(seal) = self.cookie_seal.clone() {
-            return self.commit_to_cookie(&seal);
+        let before = self.state.clone();
+        let binds = self
+            .changes
+            .iter()
+            .any(|change| matches!(change, Change::SetUser(Some(_))));
+        let committed = match self.cookie_seal.clone() {
+            Some(seal) => self.commit_to_cookie(&seal),
+            None => self.commit_to_store().await,
+        };
+        if committed.is_ok() {
+            self.announce(&before);
+            if binds && self.cookie_seal.is_none() {
+                self.enforce_user_cap().await;
+            }
         }
+        committed
+    }
+
+    async fn commit_to_store(&mut self) -> Result<Option<Cookie<'static>>> {
         self.drop_discarded().await;
         match self.state.clone() {
             State::Gone => Ok(None),

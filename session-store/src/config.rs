@@ -7,6 +7,7 @@ use std::time::Duration;
 use cookie::{Key, SameSite};
 
 use crate::error::{Error, Result};
+use crate::events::EventHook;
 use crate::id::SessionToken;
 
 /// Makes session tokens instead of the built-in CSPRNG generator (the seed's
@@ -71,6 +72,20 @@ pub struct SessionConfig {
     /// as the next try would start before the deadline. The save is never re-applied
     /// on top of itself either way; see [`ActiveSession::commit`](crate::ActiveSession::commit).
     pub resolve_timeout: Duration,
+    /// At most this many live sessions per user (Spring Session's
+    /// concurrent-session control; default `None`, no cap). When a commit
+    /// binds a session to a user ([`ActiveSession::set_user`](crate::ActiveSession::set_user))
+    /// and the user then has more, the least recently active others are
+    /// revoked (expiry order, which `touch_after` keeps within a minute of
+    /// the last activity). The commit lists and revokes after its own write:
+    /// two logins at once each see the other, so together they overshoot the
+    /// cap by at most one, and only until the later one finishes its revoke.
+    /// Needs a store with a user index
+    /// ([`SessionInterface::sessions_of`](crate::SessionInterface::sessions_of)).
+    pub max_sessions_per_user: Option<usize>,
+    /// Where session lifecycle events go (default none); see
+    /// [`SessionEvents`](crate::SessionEvents).
+    pub events: Option<EventHook>,
 }
 
 impl Default for SessionConfig {
@@ -91,6 +106,8 @@ impl Default for SessionConfig {
             token_generator: None,
             max_commit_attempts: 128,
             resolve_timeout: Duration::from_secs(2),
+            max_sessions_per_user: None,
+            events: None,
         }
     }
 }
@@ -103,6 +120,7 @@ impl fmt::Debug for SessionConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("absolute_timeout", &self.absolute_timeout)
             .field("signing_keys", &self.signing_keys.len())
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +154,11 @@ impl SessionConfig {
         }
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("idle_timeout must be above zero".into()));
+        }
+        if self.max_sessions_per_user == Some(0) {
+            return Err(Error::Config(
+                "max_sessions_per_user must be at least 1 (None for no cap)".into(),
+            ));
         }
         if self.max_commit_attempts == 0 {
             return Err(Error::Config(

@@ -38,7 +38,7 @@ use crate::backend::{next_version, storable_version};
 use crate::error::{Error, Result};
 use crate::id::SessionId;
 use crate::session::{now_millis, unix_millis, Session};
-use crate::store::{DeleteOutcome, SessionInterface, UpdateOutcome};
+use crate::store::{DeleteOutcome, FlushReport, SessionInterface, UpdateOutcome};
 
 pub mod cases;
 
@@ -432,6 +432,8 @@ macro_rules! __conformance_cases {
             user_index_namespaces_are_separate,
             user_index_nested_namespace_is_foreign,
             user_index_many_sessions,
+            manager_revoke_not_undone_by_in_flight_save,
+            manager_user_cap_under_concurrent_logins,
         );
     };
     (@expand [[$factory:expr]] $($case:ident),* $(,)?) => {
@@ -564,11 +566,24 @@ impl SessionInterface for ReferenceStore {
     }
 
     async fn flush(&self) -> Result<u64> {
+        Ok(self.flush_reporting().await?.deleted)
+    }
+
+    async fn flush_reporting(&self) -> Result<FlushReport> {
         let now = now_millis();
         self.with(|m| {
-            let before = m.len();
-            m.retain(|_, s| !s.is_expired_at(now));
-            (before - m.len()) as u64
+            let expired: Vec<(SessionId, Option<String>)> = m
+                .values()
+                .filter(|s| s.is_expired_at(now))
+                .map(|s| (s.id(), s.user_key().map(str::to_owned)))
+                .collect();
+            for (id, _) in &expired {
+                m.remove(id);
+            }
+            FlushReport {
+                deleted: expired.len() as u64,
+                expired,
+            }
         })
     }
 

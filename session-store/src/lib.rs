@@ -16,10 +16,12 @@ mod config;
 mod cookie_only;
 mod cookies;
 mod error;
+mod events;
 mod id;
 mod manager;
 mod session;
 mod store;
+mod users;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -31,11 +33,13 @@ pub use cookie;
 pub use cookie_only::MAX_COOKIE_BYTES;
 pub use cookies::jar_from_cookie_headers;
 pub use error::{BoxError, Error, Result};
+pub use events::{EventHook, SessionEvent, SessionEvents, EVENT_QUEUE};
 pub use id::{SessionId, SessionToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 pub use manager::SessionManager;
 pub use session::{
     decode_value, encode_value, from_unix_millis, now_millis, unix_millis, Session, UserBinding,
     MAX_USER_KEY_LEN, MAX_USER_METADATA_ENTRIES, MAX_USER_METADATA_LEN, RECENT_WRITES,
 };
-pub use store::{DeleteOutcome, SessionInterface, UpdateOutcome, MAX_VERSION};
+pub use store::{DeleteOutcome, FlushReport, SessionInterface, UpdateOutcome, MAX_VERSION};
 pub use time;
+pub use users::UserSession;

@@ -163,8 +163,20 @@ impl SessionManager {
     ///
     /// Run it periodically, e.g. from a tokio task:
     /// `loop { interval.tick().await; manager.flush().await.ok(); }`.
+    ///
+    /// With an [events hook](SessionConfig::events), stores that can say
+    /// which sessions they flushed ([`SessionInterface::flush_reporting`])
+    /// emit [`SessionEvent::Expired`](crate::SessionEvent::Expired) for each.
     pub async fn flush(&self) -> Result<u64> {
-        self.store().flush().await
+        let store = self.store();
+        let Some(events) = &self.config.events else {
+            return store.flush().await;
+        };
+        let report = store.flush_reporting().await?;
+        for (id, user_key) in report.expired {
+            events.emit(crate::events::SessionEvent::Expired { id, user_key });
+        }
+        Ok(report.deleted)
     }
 
     /// Starts the session of a request.

@@ -9,6 +9,16 @@ use crate::error::{Error, Result};
 use crate::id::SessionId;
 use crate::session::Session;
 
+/// What [`SessionInterface::flush_reporting`] deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// How many expired records were deleted (as `flush` returns).
+    pub deleted: u64,
+    /// Those the store can name, with the user each was bound to; may be
+    /// fewer than `deleted`.
+    pub expired: Vec<(SessionId, Option<String>)>,
+}
+
 /// What a compare-and-set [`SessionInterface::update`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpdateOutcome {
@@ -139,6 +149,16 @@ pub trait SessionInterface: Send + Sync + fmt::Debug {
     /// record that was expired when it started is gone, however many other
     /// writers delete or extend records meanwhile.
     async fn flush(&self) -> Result<u64>;
+
+    /// [`flush`](Self::flush), saying which records it deleted, for the
+    /// manager's [`SessionEvent::Expired`](crate::SessionEvent::Expired)
+    /// events. The default runs `flush` and names none.
+    async fn flush_reporting(&self) -> Result<FlushReport> {
+        Ok(FlushReport {
+            deleted: self.flush().await?,
+            expired: Vec::new(),
+        })
+    }
 
     /// Deletes every session of this store's namespace, and nothing outside
     /// it (not even a namespace whose prefix starts with this one's). It does

@@ -497,3 +497,74 @@ pub async fn user_index_many_sessions(ctx: Ctx) -> CaseResult {
     check!(store.len().await? == 0, "sessions left after revoking all");
     Ok(())
 }
+
+/// A login through the manager: binds, regenerates, commits; the cookie.
+async fn manager_login(manager: &crate::SessionManager, user: &str) -> R<cookie::Cookie<'static>> {
+    let mut session = manager.start(&cookie::CookieJar::new()).await?;
+    session.insert("cart", &1u8)?;
+    session.set_user(user, BTreeMap::new())?;
+    session.regenerate()?;
+    session
+        .commit()
+        .await?
+        .ok_or_else(|| Failure("a login sent no cookie".into()))
+}
+
+/// Through the manager: a request of a session that `revoke_user` deleted
+/// while it ran saves nothing, sends no cookie, and the session stays gone.
+pub async fn manager_revoke_not_undone_by_in_flight_save(ctx: Ctx) -> CaseResult {
+    if !ctx.has_user_index().await? {
+        return Ok(());
+    }
+    let manager = super::manager(&ctx, super::dev_config())?;
+    let cookie = manager_login(&manager, "ada").await?;
+    let mut in_flight = manager.start(&super::jar_with(&cookie)).await?;
+    check!(!in_flight.is_new(), "the login did not load");
+    check!(
+        manager.revoke_user("ada", None).await? == 1,
+        "revoke_user did not count the login"
+    );
+    in_flight.insert("late", &true)?;
+    check!(
+        in_flight.commit().await?.is_none(),
+        "a revoked session's request sent a cookie"
+    );
+    check!(
+        ctx.store.get(&in_flight.id()).await?.is_none(),
+        "the in-flight save brought the revoked session back"
+    );
+    check!(
+        manager.start(&super::jar_with(&cookie)).await?.is_new(),
+        "the revoked cookie still loads a session"
+    );
+    Ok(())
+}
+
+/// Through the manager, with `max_sessions_per_user = 2`: eight logins at
+/// once leave the user with at most three sessions (the cap plus one).
+pub async fn manager_user_cap_under_concurrent_logins(ctx: Ctx) -> CaseResult {
+    if !ctx.has_user_index().await? {
+        return Ok(());
+    }
+    let manager = Arc::new(super::manager(
+        &ctx,
+        crate::SessionConfig {
+            max_sessions_per_user: Some(2),
+            ..super::dev_config()
+        },
+    )?);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let manager = manager.clone();
+        tasks.push(tokio::spawn(async move {
+            manager_login(&manager, "ada").await.map(|_| ())
+        }));
+    }
+    joined(tasks).await?;
+    let left = manager.sessions_of("ada").await?.len();
+    check!(
+        (1..=3).contains(&left),
+        "{left} sessions left under a cap of 2"
+    );
+    Ok(())
+}
