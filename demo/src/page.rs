@@ -1,9 +1,12 @@
 //! The quote page itself, written once for every web framework: each
 //! framework's module turns a [`Reply`] into its own response type.
 
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use server_session::Error;
+use server_session::time::OffsetDateTime;
+use server_session::{Error, SessionId, SessionManager};
 
 pub const DEFAULT_QUOTE: &str = "initial quote";
 pub const MAX_QUOTE: usize = 10_000;
@@ -22,6 +25,9 @@ pub trait PageSession {
     fn get_flash<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error>;
     fn regenerate(&self) -> Result<(), Error>;
     fn destroy(&self) -> Result<(), Error>;
+    fn id(&self) -> Option<SessionId>;
+    fn user_key(&self) -> Option<String>;
+    fn set_user(&self, user_key: &str, metadata: BTreeMap<String, String>) -> Result<(), Error>;
 }
 
 /// Implements [`PageSession`] for a framework's `Session` by forwarding.
@@ -68,6 +74,19 @@ macro_rules! page_session {
             fn destroy(&self) -> Result<(), server_session::Error> {
                 <$session>::destroy(self)
             }
+            fn id(&self) -> Option<server_session::SessionId> {
+                <$session>::id(self)
+            }
+            fn user_key(&self) -> Option<String> {
+                <$session>::user_key(self)
+            }
+            fn set_user(
+                &self,
+                user_key: &str,
+                metadata: std::collections::BTreeMap<String, String>,
+            ) -> Result<(), server_session::Error> {
+                <$session>::set_user(self, user_key, metadata)
+            }
         }
     };
 }
@@ -97,8 +116,90 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// `GET /`: the quote, the visit counter, the account card and a flash.
-pub fn index(session: &impl PageSession, storage: &str) -> Result<Reply, Error> {
+/// A short label for the device a browser runs on, from its User-Agent.
+pub fn device_label(user_agent: &str) -> String {
+    let browser = [
+        ("Edg/", "Edge"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ]
+    .into_iter()
+    .find(|(mark, _)| user_agent.contains(mark))
+    .map_or("A browser", |(_, name)| name);
+    let system = [
+        ("Android", "Android"),
+        ("iPhone", "iPhone"),
+        ("Windows", "Windows"),
+        ("Mac OS", "macOS"),
+        ("Linux", "Linux"),
+    ]
+    .into_iter()
+    .find(|(mark, _)| user_agent.contains(mark))
+    .map(|(_, name)| format!(" on {name}"))
+    .unwrap_or_default();
+    format!("{browser}{system}")
+}
+
+fn when(at: OffsetDateTime) -> String {
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        at.date(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// The "Your sessions" card: one row per device of `user`, the current
+/// one marked, and a button to log the others out.
+async fn sessions_card(manager: &SessionManager, user: &str, current: Option<SessionId>) -> String {
+    let listed = match manager.sessions_of(user).await {
+        Ok(listed) => listed,
+        Err(Error::Unsupported { .. }) => {
+            return r#"<div class="card" id="sessions"><h2>Your sessions</h2><p class="muted" id="no-index">Listing your devices needs a server-side store; cookie-only sessions cannot.</p></div>"#.to_owned();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the user's sessions");
+            return r#"<div class="card" id="sessions"><h2>Your sessions</h2><p class="muted">Your devices cannot be listed right now.</p></div>"#.to_owned();
+        }
+    };
+    let rows: String = listed
+        .iter()
+        .map(|s| {
+            let is_current = Some(s.id) == current;
+            let device = s.metadata.get("device").map_or("A device", String::as_str);
+            format!(
+                r#"<tr class="session-row{class}"><td>{device}{mark}</td><td>{created}</td><td>{active}</td></tr>"#,
+                class = if is_current { " current" } else { "" },
+                device = escape(device),
+                mark = if is_current { r#" <strong id="current-session">(this device)</strong>"# } else { "" },
+                created = when(s.created_at),
+                active = when(s.last_active_at),
+            )
+        })
+        .collect();
+    let others = listed.iter().filter(|s| Some(s.id) != current).count();
+    let button = if others > 0 {
+        r#"<form method="post" action="/sessions/logout-others"><button id="logout-others" type="submit">Log out other devices</button></form>"#
+    } else {
+        ""
+    };
+    format!(
+        r#"<div class="card" id="sessions"><h2>Your sessions</h2>
+<table><thead><tr><th>Device</th><th>Signed in</th><th>Last active</th></tr></thead><tbody>{rows}</tbody></table>
+{button}</div>"#
+    )
+}
+
+/// `GET /`: the quote, the visit counter, the account card, the user's
+/// sessions and a flash.
+pub async fn index(
+    session: &impl PageSession,
+    manager: &SessionManager,
+    storage: &str,
+) -> Result<Reply, Error> {
     let visits = session.modify("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
     let quote: String = session
         .get("quote")?
@@ -108,6 +209,10 @@ pub fn index(session: &impl PageSession, storage: &str) -> Result<Reply, Error> 
     let flash = flash
         .map(|text| format!(r#"<p class="flash" id="flash">{}</p>"#, escape(&text)))
         .unwrap_or_default();
+    let sessions = match &user {
+        Some(name) => sessions_card(manager, name, session.id()).await,
+        None => String::new(),
+    };
     let account = match user {
         Some(name) => format!(
             r#"<p id="greeting">Hello, <strong>{}</strong>!</p>
@@ -135,12 +240,17 @@ pub fn index(session: &impl PageSession, storage: &str) -> Result<Reply, Error> 
   .row {{ display: flex; gap: .5rem; }}
   .flash {{ background: #e6ffed; border: 1px solid #34d058; border-radius: 6px; padding: .5rem 1rem; }}
   .muted {{ color: #777; font-size: .85rem; }}
+  h2 {{ font-size: 1.1rem; margin: 0 0 .5rem; }}
+  table {{ width: 100%; border-collapse: collapse; margin-bottom: .6rem; font-size: .9rem; }}
+  th, td {{ text-align: left; padding: .25rem .4rem; border-bottom: 1px solid #eee; }}
+  tr.current td {{ background: #f0f7ff; }}
 </style></head>
 <body>
 <h1>server-session demo</h1>
 <p class="muted" id="storage">A quote kept in your session ({storage}).</p>
 {flash}
 <div class="card">{account}</div>
+{sessions}
 <div class="card">
   <form id="quote-form" method="post" action="/session/quote">
     <label for="quote">Your quote</label>
@@ -184,8 +294,9 @@ pub fn post_quote(session: &impl PageSession, quote: &str) -> Result<Reply, Erro
     }
 }
 
-/// `POST /login`.
-pub fn login(session: &impl PageSession, name: &str) -> Result<Reply, Error> {
+/// `POST /login`: binds the session to the name (the demo's user key) with
+/// the device label, so the user's other devices can list and revoke it.
+pub fn login(session: &impl PageSession, name: &str, user_agent: &str) -> Result<Reply, Error> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME {
         return Ok(Reply::Refused(400, "a name of 1 to 64 characters, please"));
@@ -193,7 +304,23 @@ pub fn login(session: &impl PageSession, name: &str) -> Result<Reply, Error> {
     // A new id on privilege change: session fixation protection.
     session.regenerate()?;
     session.insert("user", name)?;
+    let device = BTreeMap::from([("device".to_owned(), device_label(user_agent))]);
+    session.set_user(name, device)?;
     session.flash("notice", &format!("Welcome, {name}"))?;
+    Ok(Reply::RedirectHome)
+}
+
+/// `POST /sessions/logout-others`: revokes every other session of the
+/// logged-in user ("log out other devices").
+pub async fn logout_others(
+    session: &impl PageSession,
+    manager: &SessionManager,
+) -> Result<Reply, Error> {
+    let (Some(user), Some(current)) = (session.user_key(), session.id()) else {
+        return Ok(Reply::RedirectHome);
+    };
+    let revoked = manager.revoke_user(&user, Some(&current)).await?;
+    session.flash("notice", &format!("Logged out {revoked} other device(s)"))?;
     Ok(Reply::RedirectHome)
 }
 

@@ -3,9 +3,9 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::http::header::LOCATION;
+use actix_web::http::header::{LOCATION, USER_AGENT};
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Deserialize;
 use server_session::actix::{Session, SessionMiddleware, SessionRejection};
 use server_session::{Error, SessionManager};
@@ -45,8 +45,16 @@ struct LoginForm {
 async fn index(
     session: Session,
     storage: web::Data<String>,
+    manager: web::Data<Arc<SessionManager>>,
 ) -> Result<HttpResponse, SessionRejection> {
-    respond(page::index(&session, &storage))
+    respond(page::index(&session, &manager, &storage).await)
+}
+
+async fn logout_others(
+    session: Session,
+    manager: web::Data<Arc<SessionManager>>,
+) -> Result<HttpResponse, SessionRejection> {
+    respond(page::logout_others(&session, &manager).await)
 }
 
 async fn put_quote(session: Session, body: String) -> Result<HttpResponse, SessionRejection> {
@@ -62,9 +70,15 @@ async fn post_quote(
 
 async fn login(
     session: Session,
+    request: HttpRequest,
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, SessionRejection> {
-    respond(page::login(&session, &form.name))
+    let agent = request
+        .headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    respond(page::login(&session, &form.name, agent))
 }
 
 async fn logout(session: Session) -> Result<HttpResponse, SessionRejection> {
@@ -79,9 +93,11 @@ pub async fn serve(
     storage: String,
 ) -> std::io::Result<()> {
     let storage = web::Data::new(storage);
+    let shared = web::Data::new(manager.clone());
     HttpServer::new(move || {
         App::new()
             .app_data(storage.clone())
+            .app_data(shared.clone())
             // The quote may be up to 10,000 characters of 4 bytes each.
             .app_data(web::PayloadConfig::new(64 * 1024))
             .app_data(web::FormConfig::default().limit(64 * 1024))
@@ -91,6 +107,7 @@ pub async fn serve(
             .route("/session/quote", web::post().to(post_quote))
             .route("/login", web::post().to(login))
             .route("/logout", web::post().to(logout))
+            .route("/sessions/logout-others", web::post().to(logout_others))
     })
     .workers(2)
     .listen(listener)?

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::Form;
-use axum::http::StatusCode;
+use axum::http::header::USER_AGENT;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -41,10 +42,13 @@ struct LoginForm {
 
 pub fn app(manager: Arc<SessionManager>, storage: String) -> Router {
     let storage: Arc<str> = storage.into();
+    let (for_index, for_others) = (manager.clone(), manager.clone());
     Router::new()
         .route(
             "/",
-            get(move |session: Session| async move { respond(page::index(&session, &storage)) }),
+            get(move |session: Session| async move {
+                respond(page::index(&session, &for_index, &storage).await)
+            }),
         )
         .route(
             "/session/quote",
@@ -57,8 +61,20 @@ pub fn app(manager: Arc<SessionManager>, storage: String) -> Router {
         )
         .route(
             "/login",
-            post(|session: Session, Form(form): Form<LoginForm>| async move {
-                respond(page::login(&session, &form.name))
+            post(
+                |session: Session, headers: HeaderMap, Form(form): Form<LoginForm>| async move {
+                    let agent = headers
+                        .get(USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    respond(page::login(&session, &form.name, agent))
+                },
+            ),
+        )
+        .route(
+            "/sessions/logout-others",
+            post(move |session: Session| async move {
+                respond(page::logout_others(&session, &for_others).await)
             }),
         )
         .route(

@@ -263,6 +263,114 @@ async fn scenario(base: &str) {
     }
 }
 
+async fn rows(client: &Client) -> usize {
+    client
+        .find_all(Locator::Css("#sessions tr.session-row"))
+        .await
+        .map(|rows| rows.len())
+        .unwrap_or(0)
+}
+
+async fn log_in_as(client: &Client, base: &str, name: &str) {
+    client.goto(base).await.unwrap();
+    let field = client.find(Locator::Id("name")).await.unwrap();
+    field.send_keys(name).await.unwrap();
+    client
+        .find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(client, "greeting").await;
+}
+
+/// "Your sessions": two browser profiles log in as one user, each sees
+/// both devices; one logs the other out, which is logged out on its next
+/// request while the first stays logged in.
+async fn sessions_scenario(base: &str) {
+    let (_driver, driver_url) = start_chromedriver().await;
+    let profiles: Vec<PathBuf> = (0..2)
+        .map(|_| std::env::temp_dir().join(unique("demo-devices-")))
+        .collect();
+    let laptop = browser(&driver_url, &profiles[0]).await;
+    let phone = browser(&driver_url, &profiles[1]).await;
+    let user = unique("ada-");
+
+    log_in_as(&laptop, base, &user).await;
+    assert_eq!(rows(&laptop).await, 1, "one device after the first login");
+    assert!(laptop.find(Locator::Id("current-session")).await.is_ok());
+    assert!(
+        laptop.find(Locator::Id("logout-others")).await.is_err(),
+        "no other device to log out yet"
+    );
+    log_in_as(&phone, base, &user).await;
+    assert_eq!(rows(&phone).await, 2, "the phone sees both devices");
+    laptop.refresh().await.unwrap();
+    wait_for(&laptop, "sessions").await;
+    assert_eq!(rows(&laptop).await, 2, "the laptop sees both devices");
+    let current = laptop
+        .find(Locator::Css("#sessions tr.current"))
+        .await
+        .expect("the current device is marked");
+    assert!(current.text().await.unwrap().contains("this device"));
+
+    laptop
+        .find(Locator::Id("logout-others"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&laptop, "flash").await;
+    let flash = laptop
+        .find(Locator::Id("flash"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(flash, "Logged out 1 other device(s)");
+    assert_eq!(rows(&laptop).await, 1);
+
+    phone.refresh().await.unwrap();
+    wait_for(&phone, "name").await;
+    assert!(
+        phone.find(Locator::Id("greeting")).await.is_err(),
+        "the revoked phone is still logged in"
+    );
+    laptop.refresh().await.unwrap();
+    wait_for(&laptop, "greeting").await;
+
+    laptop.close().await.ok();
+    phone.close().await.ok();
+    for profile in profiles {
+        std::fs::remove_dir_all(profile).ok();
+    }
+}
+
+#[tokio::test]
+async fn your_sessions_card_logs_out_other_devices_on_sqlite() {
+    if !browser_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("demo-devices-sqlite-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!("sqlite://{}", dir.join("sessions.db").display());
+    let (_demo, base) = start_demo(&store, &[]).await;
+    sessions_scenario(&base).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn your_sessions_card_logs_out_other_devices_through_actix_on_memory() {
+    if !browser_available() {
+        return;
+    }
+    let (_demo, base) = start_demo("memory", &["--framework", "actix"]).await;
+    sessions_scenario(&base).await;
+}
+
 #[tokio::test]
 async fn quote_page_in_chromium_on_sqlite() {
     if !browser_available() {

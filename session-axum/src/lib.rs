@@ -471,6 +471,30 @@ impl Session {
     pub fn destroy(&self) -> Result<(), Error> {
         self.with(|s| s.destroy())
     }
+    /// Binds the session to an application user (a user id, never a
+    /// password) with small metadata such as a device label, so that
+    /// `SessionManager::sessions_of` lists it and `revoke_user` can end it
+    /// (see [`ActiveSession::set_user`]). Call it at login, with
+    /// [`regenerate`](Self::regenerate).
+    pub fn set_user(
+        &self,
+        user_key: &str,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        self.with(|s| s.set_user(user_key, metadata))?
+    }
+
+    /// Unbinds the session from its user (it stays, anonymous).
+    pub fn clear_user(&self) -> Result<(), Error> {
+        self.with(|s| s.clear_user())
+    }
+
+    /// The user this session is bound to, if any.
+    pub fn user_key(&self) -> Option<String> {
+        self.with(|s| s.user_key().map(str::to_owned))
+            .ok()
+            .flatten()
+    }
 }
 
 /// Loads the request's session on first use (one store read, shared by
