@@ -14,14 +14,36 @@
 //! `.tmp-*` files being written. A file holds the [`codec`] envelope; its
 //! header's expiry is the stored expiry.
 //!
+//! ## User index
+//!
+//! `<root>/users/<h>/<id>`: an empty marker file per session bound to a
+//! user, where `<h>` is the SHA-256 (hex) of the user key, so no user key
+//! ever becomes part of a path. The markers are a superset of the truth:
+//! a write that binds a record makes (and, with `sync`, fsyncs) its marker
+//! before the record, under the record's shard lock, and a marker is only
+//! removed under that lock after seeing its record gone or bound to
+//! someone else. The record's own user key is the truth:
+//! [`sessions_of`](SessionInterface::sessions_of) loads each listed record
+//! and keeps the live ones bound to exactly that key, dropping stale
+//! markers; [`revoke_user`](SessionInterface::revoke_user) deletes, shard
+//! by shard under its lock, the records bound to the user. `delete`,
+//! `delete_if`, a rebinding save and `flush` of an expired record drop the
+//! marker they make stale; `flush` and `clear` then sweep every marker left
+//! without its record (a crash, a failed write) and the empty user
+//! directories, reading the head of each bound record. A save of a session
+//! bound to no user, or whose binding did not change, reads the user key
+//! with the header (the same `read`) and does nothing more.
+//!
 //! ## Corrupt files
 //!
 //! A session file that is no record (an unreadable header, a version
 //! outside `1..=MAX_VERSION`, a corrupt body) is [`Error::Decode`] naming
 //! the file for `get`, and for `update`, `touch` and `delete_if` as far as
-//! they read it (the header), which then leave it as it is. `len` and
-//! `flush` go by the header alone: a file whose header is unreadable or out
-//! of range is neither counted nor flushed. `clear` deletes it.
+//! they read it (the header, and the user key of a bound record), which
+//! then leave it as it is. `len` and `flush` go by the header alone: a file
+//! whose header is unreadable or out of range is neither counted nor
+//! flushed. `clear` deletes it. `sessions_of` skips it (with a warning),
+//! and `revoke_user` leaves a file whose user key it cannot read.
 //!
 //! ## Clock
 //!
@@ -38,8 +60,12 @@
 //!   fsynced, then renamed over the record (`set`, `update`, `touch`) or
 //!   linked to its name (`create`), then the shard directory is fsynced: a
 //!   crash leaves the old record or the new one, never a torn file;
-//! - a delete (`delete`, `delete_if`, `flush`, `clear`) unlinks, then
-//!   fsyncs the shard directory: a logout does not come back after a crash;
+//! - a delete (`delete`, `delete_if`, `flush`, `clear`, `revoke_user`)
+//!   unlinks, then fsyncs the shard directory: a logout does not come back
+//!   after a crash;
+//! - a user-index marker is fsynced into its directory before the record
+//!   it lists is written; removing one is not synced (a marker a crash
+//!   brings back is stale, which readers tolerate and `flush` removes);
 //! - a shard directory made for the first time is fsynced into the root.
 //!
 //! Readers ignore temporary files; [`flush`](SessionInterface::flush) and
@@ -50,9 +76,11 @@
 //!
 //! `create` links a fully written temporary file to its name (`link(2)`
 //! fails if the name exists), so it is exclusive without a check-then-write
-//! race. `set`, `update`, `delete_if`, `touch`, `delete`, `flush` and
-//! `clear` take the exclusive advisory lock of the record's shard (`flock`
-//! on `<shard>/.lock`) around read-check-write, so compare-and-set and
+//! race; a `create` of a session bound to a user also takes the shard's
+//! lock, around its marker and the link. `set`, `update`, `delete_if`,
+//! `touch`, `delete`, `flush`, `clear` and `revoke_user` take the exclusive
+//! advisory lock of the record's shard (`flock` on `<shard>/.lock`) around
+//! read-check-write, so compare-and-set and
 //! compare-and-delete are correct across tasks, across store instances and
 //! across processes sharing the directory on one machine (not over NFS).
 //!
@@ -65,7 +93,8 @@
 //! included) are bounded by the same timeout; as with every store, a
 //! timed-out operation may still complete ([`Error::may_have_applied`]) if
 //! the disk itself stalled after the lock was taken. `flush`, `clear` and
-//! `len` scan every shard, so their total time grows with the number of
+//! `len` scan every shard, and `sessions_of` and `revoke_user` every
+//! session of the user, so their total time grows with the number of
 //! sessions: only each lock they take is bounded.
 //!
 //! ```
@@ -78,6 +107,7 @@
 //! ```
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -90,12 +120,15 @@ use session_store::backend::{next_version, storable_version};
 use session_store::time::OffsetDateTime;
 use session_store::{
     codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
-    SessionInterface, UpdateOutcome, MAX_VERSION,
+    SessionInterface, UpdateOutcome, MAX_USER_KEY_LEN, MAX_VERSION,
 };
+use sha2::{Digest as _, Sha256};
 
 const STORE: &str = "fs";
 const TEMP_PREFIX: &str = ".tmp-";
 const LOCK_FILE: &str = ".lock";
+/// The directory of the user index, beside the shards.
+const USERS_DIR: &str = "users";
 /// The longest pause between two attempts at a held lock: short enough that
 /// a released lock is taken soon, long enough not to spin.
 const MAX_LOCK_PAUSE: Duration = Duration::from_millis(16);
@@ -252,8 +285,7 @@ impl FsStore {
 
     /// The file a session lives in: `<root>/<first two hex digits>/<id>`.
     pub fn path_of(&self, id: &SessionId) -> PathBuf {
-        let hex = id.to_hex();
-        self.inner.root.join(&hex[..2]).join(hex)
+        record_path(&self.inner.root, id)
     }
 
     /// Runs one operation's blocking file work on tokio's blocking pool,
@@ -596,6 +628,237 @@ fn is_stale_temp(config: &FsConfig, name: &str, path: &Path) -> bool {
             .is_some_and(|age| age >= config.temp_grace)
 }
 
+/// The bytes [`read_head`] may need: the header, the key length, the
+/// longest key.
+const HEAD_MAX: usize = codec::HEADER_LEN + 2 + MAX_USER_KEY_LEN;
+
+/// How many bytes of `bytes`, a record's beginning, hold its header and
+/// (format 3) user key, as far as `bytes` tells.
+fn head_len(bytes: &[u8]) -> usize {
+    let key_len_at = codec::HEADER_LEN;
+    if bytes.len() < key_len_at || bytes[0] != codec::FORMAT_V3 {
+        key_len_at
+    } else if bytes.len() < key_len_at + 2 {
+        key_len_at + 2
+    } else {
+        let len = usize::from(u16::from_be_bytes([
+            bytes[key_len_at],
+            bytes[key_len_at + 1],
+        ]));
+        (key_len_at + 2 + len).min(HEAD_MAX)
+    }
+}
+
+/// A record's header and the user key it is bound to, read without the
+/// body: usually one `read`, as for the header alone. `None` when the file
+/// does not exist.
+fn read_head(path: &Path) -> Result<Option<(codec::Header, Option<String>)>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("reading", path, e)),
+    };
+    let mut head = [0u8; HEAD_MAX];
+    let mut filled = 0;
+    while filled < head_len(&head[..filled]) {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error("reading", path, e)),
+        }
+    }
+    let origin = path.display().to_string();
+    let header = record_header(&head[..filled], &origin)?;
+    let user = codec::user_key(&head[..filled], &origin)?.map(str::to_owned);
+    Ok(Some((header, user)))
+}
+
+/// The directory name of a user key: its SHA-256 in hex, so that no user
+/// key, whatever it holds (`/`, `..`, unicode), becomes part of a path.
+fn user_hash(user_key: &str) -> String {
+    Sha256::digest(user_key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where a user's markers live: `<root>/users/<sha256 of the key>`.
+fn user_dir(root: &Path, user_hash: &str) -> PathBuf {
+    root.join(USERS_DIR).join(user_hash)
+}
+
+/// A session's file under `root`: `<root>/<first two hex digits>/<id>`.
+fn record_path(root: &Path, id: &SessionId) -> PathBuf {
+    let hex = id.to_hex();
+    root.join(&hex[..2]).join(hex)
+}
+
+/// Makes a directory if it is missing, syncing it into its parent when
+/// made.
+fn ensure_dir(config: &FsConfig, dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(config, shard_of(dir)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error("creating", dir, e)),
+    }
+}
+
+/// Lists `id` under `user_key`: creates its empty marker file, durably,
+/// before the record is written (the caller holds the record's shard
+/// lock), so the index never lacks a stored record.
+fn add_marker(config: &FsConfig, user_key: &str, id: &SessionId) -> Result<()> {
+    let users = config.root.join(USERS_DIR);
+    let dir = user_dir(&config.root, &user_hash(user_key));
+    let marker = dir.join(id.to_hex());
+    // A sweep removes empty user directories without the record's lock:
+    // one that vanished between making it and the marker is made again.
+    for _ in 0..8 {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+        {
+            Ok(_) => return sync_dir(config, &dir),
+            // Made by an earlier write of this record, under this lock.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                ensure_dir(config, &users)?;
+                ensure_dir(config, &dir)?;
+            }
+            Err(e) => return Err(io_error("indexing", &marker, e)),
+        }
+    }
+    Err(io_error(
+        "indexing",
+        &marker,
+        io::Error::other("the user directory kept vanishing"),
+    ))
+}
+
+/// Takes `id` off the list of the user whose key hashes to `user_hash`.
+/// Call with the record's shard lock held, having seen that the record is
+/// not bound to that user. Not synced: a marker a crash brings back is
+/// stale, which readers tolerate and `flush` removes.
+fn drop_marker(root: &Path, user_hash: &str, id: &SessionId) -> Result<()> {
+    let marker = user_dir(root, user_hash).join(id.to_hex());
+    match fs::remove_file(&marker) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("unindexing", &marker, e)),
+    }
+}
+
+/// Moves the index entry of the record at `path` (whose shard lock the
+/// caller holds) from `old` to `new`, around `write`: the new marker is
+/// made before the write, the old one dropped after it. Nothing but a
+/// comparison when the binding did not change.
+fn rebind<T>(
+    config: &FsConfig,
+    id: &SessionId,
+    old: Option<&str>,
+    new: Option<&str>,
+    write: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if old == new {
+        return write();
+    }
+    if let Some(new) = new {
+        add_marker(config, new, id)?;
+    }
+    let written = write()?;
+    if let Some(old) = old {
+        drop_marker(&config.root, &user_hash(old), id)?;
+    }
+    Ok(written)
+}
+
+/// The markers of one user: the ids listed under `user_hash`.
+fn markers(root: &Path, user_hash: &str) -> Result<Vec<SessionId>> {
+    let dir = user_dir(root, user_hash);
+    Ok(shard_entries(&dir)?
+        .into_iter()
+        .filter_map(|(name, _)| session_file_id(&name))
+        .collect())
+}
+
+/// Whether the record of `id` exists and is bound to the user whose key
+/// hashes to `user_hash`; an unreadable record counts as bound (it cannot
+/// be told apart, and a stale marker is harmless).
+fn bound_to_hash(root: &Path, id: &SessionId, user_hash: &str) -> bool {
+    match read_head(&record_path(root, id)) {
+        Ok(Some((_, Some(key)))) => self::user_hash(&key) == user_hash,
+        Ok(_) => false,
+        Err(_) => true,
+    }
+}
+
+/// Ids grouped by the shard their records live in, so that each shard's
+/// lock is taken once.
+fn by_shard(
+    root: &Path,
+    ids: impl IntoIterator<Item = SessionId>,
+) -> BTreeMap<PathBuf, Vec<SessionId>> {
+    let mut shards: BTreeMap<PathBuf, Vec<SessionId>> = BTreeMap::new();
+    for id in ids {
+        let path = record_path(root, &id);
+        shards
+            .entry(shard_of(&path).to_path_buf())
+            .or_default()
+            .push(id);
+    }
+    shards
+}
+
+/// Locks a record shard for index upkeep, making it if missing: a marker
+/// may only be dropped under the lock a writer of its record would take.
+fn lock_shard(config: &FsConfig, shard: &Path) -> Result<ShardLock> {
+    ShardLock::take_new(config, shard, &Deadline::after(config.op_timeout))
+}
+
+/// Removes every marker whose record is gone or bound to another user
+/// (checked under the record's shard lock), then the user directories
+/// left empty: what `flush` and `clear` leave of the index is the truth.
+fn sweep_markers(config: &FsConfig) -> Result<()> {
+    let users = config.root.join(USERS_DIR);
+    let mut stale: Vec<(String, SessionId)> = Vec::new();
+    let mut user_dirs = Vec::new();
+    for (name, path) in shard_entries(&users)? {
+        if session_file_id(&name).is_none() || !path.is_dir() {
+            continue;
+        }
+        for id in markers(&config.root, &name)? {
+            // Read without the lock first: most markers are true.
+            if !bound_to_hash(&config.root, &id, &name) {
+                stale.push((name.clone(), id));
+            }
+        }
+        user_dirs.push(path);
+    }
+    let mut hashes: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
+    for (hash, id) in stale {
+        hashes.entry(id).or_default().push(hash);
+    }
+    for (shard, ids) in by_shard(&config.root, hashes.keys().copied()) {
+        let _lock = lock_shard(config, &shard)?;
+        for id in ids {
+            for hash in hashes.get(&id).into_iter().flatten() {
+                // Re-checked under the lock: the record may have been
+                // written for this user meanwhile.
+                if !bound_to_hash(&config.root, &id, hash) {
+                    drop_marker(&config.root, hash, &id)?;
+                }
+            }
+        }
+    }
+    for dir in user_dirs {
+        // Fails, harmlessly, unless empty: a writer listing a session now
+        // keeps it (and one that lost it makes it again).
+        let _ = fs::remove_dir(dir);
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl SessionInterface for FsStore {
     async fn exists(&self, id: &SessionId) -> Result<bool> {
@@ -622,27 +885,42 @@ impl SessionInterface for FsStore {
     async fn set(&self, session: &Session) -> Result<()> {
         storable_version(session.id(), session.version())?;
         let bytes = codec::encode(session, session.version())?;
+        let (id, user) = (session.id(), session.user_key().map(str::to_owned));
         self.op(
             "saving",
             self.path_of(&session.id()),
             move |c, path, deadline| {
                 let _lock = ShardLock::take_new(c, shard_of(path), &deadline)?;
+                // `set` overwrites whatever is there, a corrupt file too:
+                // one whose user cannot be read leaves a stale marker at
+                // worst, which `flush` removes.
+                let old = read_head(path).ok().flatten().and_then(|(_, user)| user);
                 deadline.check("saving", path)?;
-                write_atomic(c, path, &bytes)
+                rebind(c, &id, old.as_deref(), user.as_deref(), || {
+                    write_atomic(c, path, &bytes)
+                })
             },
         )
         .await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<()> {
-        self.op("deleting", self.path_of(id), |c, path, deadline| {
+        let id = *id;
+        self.op("deleting", self.path_of(&id), move |c, path, deadline| {
             // Locked, so a concurrent update cannot rename a new version in
             // after the delete: a save never resurrects.
             let Some(_lock) = ShardLock::take_existing(shard_of(path), &deadline)? else {
                 return Ok(());
             };
+            // A corrupt file is deleted all the same; a marker of it is
+            // left to `flush`.
+            let user = read_head(path).ok().flatten().and_then(|(_, user)| user);
             deadline.check("deleting", path)?;
-            remove_durably(c, path).map(drop)
+            remove_durably(c, path)?;
+            match user {
+                Some(user) => drop_marker(&c.root, &user_hash(&user), &id),
+                None => Ok(()),
+            }
         })
         .await
     }
@@ -651,8 +929,23 @@ impl SessionInterface for FsStore {
         let id = session.id();
         storable_version(id, session.version())?;
         let bytes = codec::encode(session, session.version())?;
+        let user = session.user_key().map(str::to_owned);
         self.op("creating", self.path_of(&id), move |c, path, deadline| {
-            ensure_shard(c, shard_of(path))?;
+            // An unbound create needs no lock (the link is exclusive). A
+            // bound one lists its marker first, under the lock a sweep
+            // would take to drop it, so the marker cannot vanish between
+            // being made and the record appearing.
+            let lock = match &user {
+                Some(user) => {
+                    let lock = ShardLock::take_new(c, shard_of(path), &deadline)?;
+                    add_marker(c, user, &id)?;
+                    Some(lock)
+                }
+                None => {
+                    ensure_shard(c, shard_of(path))?;
+                    None
+                }
+            };
             let temp = write_temp(c, path, &bytes)?;
             let linked = match deadline.check("creating", path) {
                 // link(2) fails if the name exists: an exclusive create of a
@@ -668,6 +961,14 @@ impl SessionInterface for FsStore {
                 // One directory sync covers the link and the temp's unlink.
                 Ok(()) => sync_dir(c, shard_of(path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // Our marker may list a record of someone else: drop
+                    // it unless the record there is this user's too.
+                    if let (Some(user), Some(_lock)) = (&user, &lock) {
+                        let hash = user_hash(user);
+                        if !bound_to_hash(&c.root, &id, &hash) {
+                            drop_marker(&c.root, &hash, &id)?;
+                        }
+                    }
                     Err(Error::IdCollision { id })
                 }
                 Err(e) => Err(io_error("creating", path, e)),
@@ -680,6 +981,7 @@ impl SessionInterface for FsStore {
         let version = next_version(session.id(), expected_version)?;
         let mut bytes = codec::encode(session, version)?;
         let wanted_expiry = session.expires_at_millis();
+        let (id, user) = (session.id(), session.user_key().map(str::to_owned));
         self.op(
             "updating",
             self.path_of(&session.id()),
@@ -687,7 +989,8 @@ impl SessionInterface for FsStore {
                 let Some(_lock) = ShardLock::take_existing(shard_of(path), &deadline)? else {
                     return Ok(UpdateOutcome::Gone);
                 };
-                let Some(header) = read_header(path)? else {
+                // The user key comes with the header in the same read.
+                let Some((header, old_user)) = read_head(path)? else {
                     return Ok(UpdateOutcome::Gone);
                 };
                 if header.expires_at_ms <= now_millis() {
@@ -706,7 +1009,9 @@ impl SessionInterface for FsStore {
                     )?;
                 }
                 deadline.check("updating", path)?;
-                write_atomic(c, path, &bytes)?;
+                rebind(c, &id, old_user.as_deref(), user.as_deref(), || {
+                    write_atomic(c, path, &bytes)
+                })?;
                 Ok(UpdateOutcome::Updated { version })
             },
         )
@@ -714,13 +1019,14 @@ impl SessionInterface for FsStore {
     }
 
     async fn delete_if(&self, id: &SessionId, expected_version: u64) -> Result<DeleteOutcome> {
-        self.op("deleting", self.path_of(id), move |c, path, deadline| {
+        let id = *id;
+        self.op("deleting", self.path_of(&id), move |c, path, deadline| {
             // The same lock `update` decides under: no save lands between
             // the version check and the unlink.
             let Some(_lock) = ShardLock::take_existing(shard_of(path), &deadline)? else {
                 return Ok(DeleteOutcome::Gone);
             };
-            let Some(header) = read_header(path)? else {
+            let Some((header, user)) = read_head(path)? else {
                 return Ok(DeleteOutcome::Gone);
             };
             if header.expires_at_ms <= now_millis() {
@@ -730,11 +1036,13 @@ impl SessionInterface for FsStore {
                 return Ok(DeleteOutcome::Conflict);
             }
             deadline.check("deleting", path)?;
-            Ok(if remove_durably(c, path)? {
-                DeleteOutcome::Deleted
-            } else {
-                DeleteOutcome::Gone
-            })
+            if !remove_durably(c, path)? {
+                return Ok(DeleteOutcome::Gone);
+            }
+            if let Some(user) = user {
+                drop_marker(&c.root, &user_hash(&user), &id)?;
+            }
+            Ok(DeleteOutcome::Deleted)
         })
         .await
     }
@@ -776,9 +1084,9 @@ impl SessionInterface for FsStore {
                     if is_stale_temp(c, &name, &path) {
                         tracing::info!(path = %path.display(), "removing debris of an interrupted write");
                         unlinked |= remove_if_present(&path)?;
-                    } else if session_file_id(&name).is_some() {
+                    } else if let Some(id) = session_file_id(&name) {
                         match read_header(&path) {
-                            Ok(Some(h)) if h.expires_at_ms <= now => expired.push(path),
+                            Ok(Some(h)) if h.expires_at_ms <= now => expired.push((id, path)),
                             Ok(_) => {}
                             Err(e) => tracing::warn!(error = %e, "flush skips an unreadable session file"),
                         }
@@ -787,14 +1095,18 @@ impl SessionInterface for FsStore {
                 if !expired.is_empty() {
                     let deadline = Deadline::after(c.op_timeout);
                     if let Some(_lock) = ShardLock::take_existing(&shard, &deadline)? {
-                        for path in expired {
+                        for (id, path) in expired {
                             // Re-checked under the lock: it may have been
                             // extended (or replaced) since the listing.
-                            if matches!(read_header(&path), Ok(Some(h)) if h.expires_at_ms <= now)
-                                && remove_if_present(&path)?
-                            {
+                            let Ok(Some((h, user))) = read_head(&path) else {
+                                continue;
+                            };
+                            if h.expires_at_ms <= now && remove_if_present(&path)? {
                                 removed += 1;
                                 unlinked = true;
+                                if let Some(user) = user {
+                                    drop_marker(&c.root, &user_hash(&user), &id)?;
+                                }
                             }
                         }
                     }
@@ -803,6 +1115,7 @@ impl SessionInterface for FsStore {
                     sync_dir(c, &shard)?;
                 }
             }
+            sweep_markers(c)?;
             Ok(removed)
         })
         .await
@@ -828,7 +1141,7 @@ impl SessionInterface for FsStore {
                     sync_dir(c, &shard)?;
                 }
             }
-            Ok(())
+            sweep_markers(c)
         })
         .await
     }
@@ -850,10 +1163,116 @@ impl SessionInterface for FsStore {
         })
         .await
     }
+
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let user = user_key.to_owned();
+        self.scan("listing sessions in", move |c| {
+            let hash = user_hash(&user);
+            let now = now_millis();
+            let mut sessions = Vec::new();
+            let mut stale = Vec::new();
+            // Read without locks: a record is replaced by rename, so each
+            // read sees one whole version.
+            for id in markers(&c.root, &hash)? {
+                let path = record_path(&c.root, &id);
+                let Some(bytes) = read_file(&path)? else {
+                    stale.push(id);
+                    continue;
+                };
+                let origin = path.display().to_string();
+                let header = match record_header(&bytes, &origin) {
+                    Ok(header) => header,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sessions_of skips an unreadable session file");
+                        continue;
+                    }
+                };
+                // The record is the truth: the marker may be stale, or a
+                // hash may collide.
+                match codec::user_key(&bytes, &origin) {
+                    Ok(Some(key)) if key == user => {}
+                    Ok(_) => {
+                        stale.push(id);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sessions_of skips an unreadable session file");
+                        continue;
+                    }
+                }
+                if header.expires_at_ms <= now {
+                    continue;
+                }
+                match codec::decode(id, &bytes, &origin) {
+                    Ok(session) => sessions.push(session),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sessions_of skips an unreadable session file")
+                    }
+                }
+            }
+            for (shard, ids) in by_shard(&c.root, stale) {
+                let _lock = lock_shard(c, &shard)?;
+                for id in ids {
+                    // Re-checked under the lock: a save may have bound the
+                    // record to this user meanwhile.
+                    if !bound_to_hash(&c.root, &id, &hash) {
+                        drop_marker(&c.root, &hash, &id)?;
+                    }
+                }
+            }
+            Ok(sessions)
+        })
+        .await
+    }
+
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        let (user, except) = (user_key.to_owned(), except.copied());
+        self.scan("revoking sessions in", move |c| {
+            let hash = user_hash(&user);
+            let mut revoked = Vec::new();
+            for (shard, ids) in by_shard(&c.root, markers(&c.root, &hash)?) {
+                // The lock every save of these records takes: a save
+                // decided after the delete finds the record gone.
+                let _lock = lock_shard(c, &shard)?;
+                let mut unlinked = false;
+                for id in ids {
+                    let path = record_path(&c.root, &id);
+                    match read_head(&path) {
+                        Ok(Some((_, Some(key)))) if key == user => {
+                            if Some(id) != except && remove_if_present(&path)? {
+                                unlinked = true;
+                                revoked.push(id);
+                                drop_marker(&c.root, &hash, &id)?;
+                            }
+                        }
+                        // Gone, unbound or another user's (a hash
+                        // collision, or a stale marker).
+                        Ok(_) => {
+                            if !bound_to_hash(&c.root, &id, &hash) {
+                                drop_marker(&c.root, &hash, &id)?;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "revoke_user skips an unreadable session file"),
+                    }
+                }
+                if unlinked {
+                    sync_dir(c, &shard)?;
+                }
+            }
+            Ok(revoked)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::trace::{take_under, Step};
     use super::*;
     use session_store::SessionToken;
@@ -973,6 +1392,213 @@ mod tests {
             steps.iter().all(|s| matches!(s, Step::Unlink(_))),
             "{steps:?}"
         );
+    }
+
+    fn bound(user: Option<&str>, ttl_ms: i64) -> Session {
+        let mut s = session(ttl_ms);
+        s.set_user(user.map(|u| session_store::UserBinding::new(u, Default::default()).unwrap()));
+        s
+    }
+
+    /// Every marker under the store's root: (user hash, id).
+    fn all_markers(root: &Path) -> BTreeSet<(String, SessionId)> {
+        let mut out = BTreeSet::new();
+        for (hash, path) in shard_entries(&root.join(USERS_DIR)).unwrap() {
+            assert!(
+                session_file_id(&hash).is_some() && path.is_dir(),
+                "{} in the users directory",
+                path.display()
+            );
+            for id in markers(root, &hash).unwrap() {
+                out.insert((hash.clone(), id));
+            }
+        }
+        out
+    }
+
+    /// What the markers must list: every stored record bound to a user.
+    fn bound_records(root: &Path) -> BTreeSet<(String, SessionId)> {
+        let mut out = BTreeSet::new();
+        for shard in shards(root).unwrap() {
+            for (name, path) in shard_entries(&shard).unwrap() {
+                if let Some(id) = session_file_id(&name) {
+                    if let Some((_, Some(user))) = read_head(&path).unwrap() {
+                        out.insert((user_hash(&user), id));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A bound create makes its marker durable before the record's data:
+    /// a crash never leaves a bound record the index does not list.
+    #[tokio::test]
+    async fn a_bound_create_syncs_its_marker_before_the_record() {
+        let root = TempRoot::new("marker-order");
+        let store = FsStore::open(&root.0).await.unwrap();
+        let s = bound(Some("ada"), 60_000);
+        take_under(&root.0);
+        store.create(&s).await.unwrap();
+        let steps = take_under(&root.0);
+        let user_dir = user_dir(&root.0, &user_hash("ada"));
+        let marker_synced = steps
+            .iter()
+            .position(|step| *step == Step::SyncDir(user_dir.clone()))
+            .unwrap_or_else(|| panic!("the marker was not synced: {steps:?}"));
+        let shard = shard_of(&store.path_of(&s.id())).to_path_buf();
+        let record_synced = steps
+            .iter()
+            .position(|step| is_temp_sync(step, &shard))
+            .unwrap_or_else(|| panic!("the record was not synced: {steps:?}"));
+        assert!(marker_synced < record_synced, "{steps:?}");
+        assert!(user_dir.join(s.id().to_hex()).exists());
+    }
+
+    /// Sessions bound to no user never touch the index: no users directory,
+    /// no extra sync.
+    #[tokio::test]
+    async fn unbound_sessions_do_no_index_work() {
+        let root = TempRoot::new("unbound");
+        let store = FsStore::open(&root.0).await.unwrap();
+        let s = session(60_000);
+        store.create(&s).await.unwrap();
+        take_under(&root.0);
+        for version in 1..4 {
+            store.update(&s, version).await.unwrap();
+        }
+        assert_eq!(take_under(&root.0).len(), 6, "two syncs per update");
+        store.delete(&s.id()).await.unwrap();
+        store.flush().await.unwrap();
+        assert!(!root.0.join(USERS_DIR).exists());
+    }
+
+    /// User keys with separators and dots are hashed, never joined into a
+    /// path.
+    #[tokio::test]
+    async fn user_keys_never_become_paths() {
+        let root = TempRoot::new("user-paths");
+        let store = FsStore::open(&root.0).await.unwrap();
+        for user in ["../../etc", "/abs", "a/b", "..", "ädä", "{x}*?"] {
+            store.create(&bound(Some(user), 60_000)).await.unwrap();
+        }
+        let listed = all_markers(&root.0);
+        assert_eq!(listed.len(), 6);
+        for (hash, id) in listed {
+            assert_eq!(hash.len(), 64);
+            assert!(user_dir(&root.0, &hash)
+                .join(id.to_hex())
+                .starts_with(&root.0));
+        }
+        assert_eq!(store.sessions_of("../../etc").await.unwrap().len(), 1);
+    }
+
+    /// Markers left behind by crashes or writes that failed half way (a
+    /// record deleted behind the store's back, a marker of a rebound
+    /// record) are swept by one `flush`, empty user directories with them;
+    /// true markers stay.
+    #[tokio::test]
+    async fn flush_sweeps_stale_markers() {
+        let root = TempRoot::new("sweep");
+        let store = FsStore::open(&root.0).await.unwrap();
+        let kept = bound(Some("ada"), 60_000);
+        let vanished = bound(Some("ada"), 60_000);
+        let rebound = bound(Some("bob"), 60_000);
+        for s in [&kept, &vanished, &rebound] {
+            store.create(s).await.unwrap();
+        }
+        fs::remove_file(store.path_of(&vanished.id())).unwrap();
+        // A rebinding that crashed before dropping its old marker.
+        let ghost = user_dir(&root.0, &user_hash("cy"));
+        fs::create_dir_all(&ghost).unwrap();
+        fs::write(ghost.join(rebound.id().to_hex()), b"").unwrap();
+        assert_ne!(all_markers(&root.0), bound_records(&root.0));
+
+        assert_eq!(store.flush().await.unwrap(), 0);
+        assert_eq!(all_markers(&root.0), bound_records(&root.0));
+        assert!(!ghost.exists(), "an empty user directory stayed");
+        assert_eq!(all_markers(&root.0).len(), 2);
+    }
+
+    /// Many tasks on two store instances sharing the directory rebind,
+    /// save, delete, revoke and clear the same sessions at once: at every
+    /// quiet point the markers list every bound record, and after one
+    /// `flush` they list exactly the bound records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn markers_stay_a_superset_under_racing_writers_and_flush_makes_them_exact() {
+        const USERS: [Option<&str>; 4] = [Some("ada"), Some("bob"), Some("ada2"), None];
+        let root = TempRoot::new("race");
+        let config = FsConfig {
+            sync: false,
+            ..FsConfig::new(&root.0)
+        };
+        let a = FsStore::open_with(config.clone()).await.unwrap();
+        let b = FsStore::open_with(config).await.unwrap();
+        let shared: Vec<Session> = (0..12).map(|i| bound(USERS[i % 4], 60_000)).collect();
+        for s in &shared {
+            a.create(s).await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for worker in 0..6usize {
+            let store = if worker % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                for round in 0..60usize {
+                    let mut s = shared[(worker * 5 + round * 7) % shared.len()].clone();
+                    let user = USERS[(worker + round) % USERS.len()];
+                    s.set_user(
+                        user.map(|u| {
+                            session_store::UserBinding::new(u, Default::default()).unwrap()
+                        }),
+                    );
+                    match round % 7 {
+                        0..=2 => {
+                            if let Some(stored) = store.get(&s.id()).await.unwrap() {
+                                store.update(&s, stored.version()).await.unwrap();
+                            }
+                        }
+                        3 => store.set(&s).await.unwrap(),
+                        4 => {
+                            let _ = store.create(&s).await;
+                        }
+                        5 => store.delete(&s.id()).await.unwrap(),
+                        _ => {
+                            let victim = USERS[round % 3].unwrap();
+                            let except = (round % 2 == 0).then_some(s.id());
+                            for id in store.revoke_user(victim, except.as_ref()).await.unwrap() {
+                                assert!(Some(id) != except, "revoked the excepted session");
+                            }
+                        }
+                    }
+                    if worker == 1 && round % 20 == 19 {
+                        store.clear().await.unwrap();
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let (listed, truth) = (all_markers(&root.0), bound_records(&root.0));
+        assert!(
+            truth.is_subset(&listed),
+            "bound records without a marker: {:?}",
+            truth.difference(&listed).collect::<Vec<_>>()
+        );
+        a.flush().await.unwrap();
+        assert_eq!(all_markers(&root.0), bound_records(&root.0));
+        for user in USERS.iter().flatten() {
+            let listed = b.sessions_of(user).await.unwrap();
+            assert!(listed.iter().all(|s| s.user_key() == Some(*user)));
+            let revoked = a.revoke_user(user, None).await.unwrap();
+            assert_eq!(revoked.len(), listed.len(), "{user}");
+        }
+        assert!(all_markers(&root.0).is_empty());
+        assert!(bound_records(&root.0).is_empty());
     }
 
     /// The operation's timer and its lock wait end at the same instant;
