@@ -20,7 +20,9 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const USAGE: &str = "usage: server-session-bench [--backend memory|redis|sqlite|postgres|mysql|fs]
   [--op load_save,create,load,delete,request] [-c 1,32] [-n OPS] [--secs S]
-  [--size small|large] [--pool CONNS] [--prefill N]
+  [--size small|large] [--pool CONNS] [--prefill N] [--bound yes|no]
+--bound yes binds every session to one of 1000 users (the user index at work);
+its rows are labelled server-session+index.
 Lists run as a matrix (for each -c, each --op) in one process; each cell stops after
 n ops or S seconds, whichever comes first.
 env: REDIS_URL (redis://127.0.0.1:6379), DATABASE_URL or PG_URL
@@ -71,6 +73,9 @@ struct Args {
     prefill: usize,
 }
 
+/// Whether sessions are bound to a user (`--bound yes`).
+static BOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn die(msg: &str) -> ! {
     eprintln!("server-session-bench: {msg}\n{USAGE}");
     std::process::exit(2)
@@ -110,6 +115,7 @@ fn parse_args() -> Args {
             "--size" if v == "small" || v == "large" => a.size = v,
             "--pool" => a.pool = num(&k, &v),
             "--prefill" => a.prefill = num(&k, &v),
+            "--bound" => BOUND.store(v == "yes", Relaxed),
             _ => die(&format!("bad argument {k} {v}")),
         }
     }
@@ -121,8 +127,17 @@ fn parse_args() -> Args {
 
 /// The peer's record (see [`peer_record`]), expiring in an hour.
 fn new_session(large: bool) -> Session {
-    peer_record(Duration::from_secs(3600), large)
-        .unwrap_or_else(|e| die(&format!("building the record: {e}")))
+    let mut session = peer_record(Duration::from_secs(3600), large)
+        .unwrap_or_else(|e| die(&format!("building the record: {e}")));
+    if BOUND.load(Relaxed) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let user = format!("user-{}", NEXT.fetch_add(1, Relaxed) % 1000);
+        let device = std::collections::BTreeMap::from([("device".to_owned(), "bench".to_owned())]);
+        let binding = server_session::UserBinding::new(user, device)
+            .unwrap_or_else(|e| die(&format!("binding the record: {e}")));
+        session.set_user(Some(binding));
+    }
+    session
 }
 
 /// Refuse anything but loopback: this tool only ever loads local servers.
@@ -502,7 +517,11 @@ async fn main() {
             out.lat_ns.sort_unstable();
             let ops = out.lat_ns.len();
             let row = Row {
-                r#impl: "server-session",
+                r#impl: if BOUND.load(Relaxed) {
+                    "server-session+index"
+                } else {
+                    "server-session"
+                },
                 backend: &a.backend,
                 op: op.name(),
                 size: &a.size,
