@@ -21,7 +21,7 @@ use session_store::{
 use crate::cluster::Cluster;
 use crate::scripts::{Lua, Scripts};
 use crate::single::Server;
-use crate::{not_a_record, pxat, WRONG_TYPE};
+use crate::{not_a_record, pxat, user_set_key, WRONG_TYPE};
 
 /// How a store reaches Redis.
 #[derive(Clone)]
@@ -216,6 +216,16 @@ impl Keyspace {
 
     pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
         let key = &self.key(id);
+        match self.fetch_live(key).await? {
+            Some(bytes) => codec::decode(*id, &bytes, key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The record under `key` if it is live by Redis's clock (by the
+    /// clock of the master that holds it, on a cluster); its header
+    /// checked, its body not decoded.
+    pub(crate) async fn fetch_live(&self, key: &str) -> Result<Option<Vec<u8>>> {
         // `GET` and `TIME` pipelined: one round trip, and the record is
         // judged by Redis's clock like every other operation, not the app's
         // (on a cluster, the clock of the master that holds the key, as
@@ -260,68 +270,214 @@ impl Keyspace {
         if header.expires_at_ms <= now_ms {
             return Ok(None);
         }
-        codec::decode(*id, &bytes, key).map(Some)
+        Ok(Some(bytes))
+    }
+
+    /// The prefix, when the index is kept inside the scripts (one server),
+    /// `None` on a cluster, where a user's set lives in another slot than
+    /// the session's key.
+    fn indexed_here(&self) -> Option<&str> {
+        match self.transport {
+            Transport::Server(_) => Some(&self.prefix),
+            Transport::Cluster(_) => None,
+        }
+    }
+
+    /// The id a user set lists (64 hex digits) as a [`SessionId`].
+    pub(crate) fn listed_id(&self, member: &[u8]) -> Result<SessionId> {
+        std::str::from_utf8(member)
+            .ok()
+            .and_then(|hex| SessionId::from_hex(hex).ok())
+            .ok_or_else(|| {
+                Error::decode(
+                    format!("{}user:...", self.prefix),
+                    "a user index lists something that is no session id",
+                )
+            })
+    }
+
+    /// A record a user set lists, as a session.
+    pub(crate) fn decode_listed(&self, member: &[u8], bytes: &[u8]) -> Result<Session> {
+        let id = self.listed_id(member)?;
+        codec::decode(id, bytes, &self.key(&id))
+    }
+
+    /// The key of `user_key`'s set in this namespace.
+    pub(crate) fn user_set(&self, user_key: &str) -> String {
+        user_set_key(&self.prefix, user_key)
+    }
+
+    /// Cluster: lists `id` in `user_key`'s set with (at least) the expiry
+    /// `expires_at_ms`, BEFORE the record bound to that user is written,
+    /// so the index is a superset of the records at every moment (the set
+    /// is in another slot, so no script can do both). The score only ever
+    /// grows (`GT`): it is the latest expiry any write announced, which
+    /// is what lets a cleaner tell an entry whose write may still land
+    /// (score to come) from a stale one (see `DROP_DUE_LUA`). Waits for
+    /// replicas as every write does. Any failure means the record was not
+    /// written: [`Error::Unavailable`].
+    async fn index_first(
+        &self,
+        what: &'static str,
+        user_key: &str,
+        id: &SessionId,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        let mut add = redis::cmd("ZADD");
+        add.arg(self.user_set(user_key))
+            .arg("GT")
+            .arg(expires_at_ms)
+            .arg(id.to_hex());
+        let (add, wait) = (&add, self.replica_wait);
+        let added = self
+            .transport
+            .run(what, move |mut conn| async move {
+                send::<_, i64>(&mut conn, add.clone(), wait).await
+            })
+            .await
+            .and_then(|(_, acked)| self.check_replicas(what, true, acked));
+        added.map_err(|e| {
+            let source = match e {
+                Error::Backend { source, .. } | Error::Unavailable { source, .. } => source,
+                other => other.into(),
+            };
+            Error::Unavailable {
+                store: self.transport.store(),
+                context: self.transport.context(&format!(
+                    "{what}: listing the session under its user before writing it \
+                     (the session was not written)"
+                )),
+                source,
+            }
+        })
+    }
+
+    /// Cluster: takes `id` out of `user_key`'s set after its record was
+    /// deleted. A failure leaves a stale entry, which every read checks
+    /// against the record and `flush` drops once its score has passed; the
+    /// delete itself happened, so it is only logged.
+    async fn index_forget(&self, what: &'static str, user_key: &[u8], id: &SessionId) {
+        let Ok(user_key) = std::str::from_utf8(user_key) else {
+            return;
+        };
+        let mut rem = redis::cmd("ZREM");
+        rem.arg(self.user_set(user_key)).arg(id.to_hex());
+        let rem = &rem;
+        let removed = self
+            .transport
+            .run(what, move |mut conn| async move {
+                rem.query_async::<i64>(&mut conn).await
+            })
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(operation = what, error = %e, "a deleted session is still listed in its user's index");
+        }
     }
 
     pub(crate) async fn set(&self, session: &Session) -> Result<()> {
         let id = session.id();
         storable_version(id, session.version())?;
-        let key = self.key(&id);
+        let key = &self.key(&id);
         let bytes = &codec::encode(session, session.version())?;
         // An expiry already past by Redis's clock stores nothing: Redis
         // drops a key whose PXAT has passed.
-        let mut write = redis::cmd("SET");
-        write
-            .arg(key)
-            .arg(bytes)
-            .arg("PXAT")
-            .arg(pxat(session.expires_at_millis()));
-        let (write, wait) = (&write, self.replica_wait);
-        let ((), acked) = self
-            .transport
-            .run("set", move |mut conn| async move {
-                send(&mut conn, write.clone(), wait).await
-            })
-            .await?;
+        let at = pxat(session.expires_at_millis());
+        let wait = self.replica_wait;
+        let acked = match self.indexed_here() {
+            Some(prefix) => {
+                let (lua, at) = (&self.scripts.set, at.to_string());
+                let (at, prefix) = (at.as_bytes(), prefix.as_bytes());
+                let ((), acked): ((), _) = self
+                    .transport
+                    .run("set", move |mut conn| async move {
+                        send_script(&mut conn, lua, key, &[bytes, at, prefix], wait).await
+                    })
+                    .await?;
+                acked
+            }
+            None => {
+                if let Some(user) = session.user_key() {
+                    self.index_first("set", user, &id, session.expires_at_millis())
+                        .await?;
+                }
+                let mut write = redis::cmd("SET");
+                write.arg(key).arg(bytes).arg("PXAT").arg(at);
+                let write = &write;
+                let ((), acked) = self
+                    .transport
+                    .run("set", move |mut conn| async move {
+                        send(&mut conn, write.clone(), wait).await
+                    })
+                    .await?;
+                acked
+            }
+        };
         self.check_replicas("set", true, acked)
     }
 
     pub(crate) async fn delete(&self, id: &SessionId) -> Result<()> {
-        let mut write = redis::cmd("DEL");
-        write.arg(self.key(id));
-        let (write, wait) = (&write, self.replica_wait);
-        let ((), acked) = self
+        let key = &self.key(id);
+        let lua = &self.scripts.delete;
+        let wait = self.replica_wait;
+        let (mode, prefix): (&[u8], &[u8]) = match self.indexed_here() {
+            Some(prefix) => (b"s", prefix.as_bytes()),
+            None => (b"c", b""),
+        };
+        let (reply, acked): (Value, _) = self
             .transport
             .run("delete", move |mut conn| async move {
-                send(&mut conn, write.clone(), wait).await
+                send_script(&mut conn, lua, key, &[mode, prefix], wait).await
             })
             .await?;
-        self.check_replicas("delete", true, acked)
+        self.check_replicas("delete", true, acked)?;
+        if let Value::BulkString(user_key) = reply {
+            self.index_forget("delete", &user_key, id).await;
+        }
+        Ok(())
     }
 
     pub(crate) async fn create(&self, session: &Session) -> Result<()> {
         let id = session.id();
         storable_version(id, session.version())?;
-        let key = self.key(&id);
+        let key = &self.key(&id);
         let bytes = &codec::encode(session, session.version())?;
-        let mut write = redis::cmd("SET");
-        write
-            .arg(key)
-            .arg(bytes)
-            .arg("NX")
-            .arg("PXAT")
-            .arg(pxat(session.expires_at_millis()));
-        let (write, wait) = (&write, self.replica_wait);
-        let (stored, acked): (Option<String>, _) = self
-            .transport
-            .run("create", move |mut conn| async move {
-                send(&mut conn, write.clone(), wait).await
-            })
-            .await?;
-        self.check_replicas("create", stored.is_some(), acked)?;
-        match stored {
-            Some(_) => Ok(()),
-            None => Err(Error::IdCollision { id }),
+        let at = pxat(session.expires_at_millis());
+        let wait = self.replica_wait;
+        let (created, acked) = match (self.indexed_here(), session.user_key()) {
+            // A bound record is created with its index entry in one step.
+            (Some(prefix), Some(_)) => {
+                let (lua, at) = (&self.scripts.create_bound, at.to_string());
+                let (at, prefix) = (at.as_bytes(), prefix.as_bytes());
+                let (created, acked): (i64, _) = self
+                    .transport
+                    .run("create", move |mut conn| async move {
+                        send_script(&mut conn, lua, key, &[bytes, at, prefix], wait).await
+                    })
+                    .await?;
+                (created == 1, acked)
+            }
+            (indexed_here, user) => {
+                if let (None, Some(user)) = (indexed_here, user) {
+                    self.index_first("create", user, &id, session.expires_at_millis())
+                        .await?;
+                }
+                let mut write = redis::cmd("SET");
+                write.arg(key).arg(bytes).arg("NX").arg("PXAT").arg(at);
+                let write = &write;
+                let (stored, acked): (Option<String>, _) = self
+                    .transport
+                    .run("create", move |mut conn| async move {
+                        send(&mut conn, write.clone(), wait).await
+                    })
+                    .await?;
+                (stored.is_some(), acked)
+            }
+        };
+        self.check_replicas("create", created, acked)?;
+        if created {
+            Ok(())
+        } else {
+            Err(Error::IdCollision { id })
         }
     }
 
@@ -334,21 +490,56 @@ impl Keyspace {
         let version = next_version(id, expected_version)?;
         let key = &self.key(&id);
         let bytes = &codec::encode(session, version)?;
-        let expected = expected_version.to_be_bytes();
+        let expected = &expected_version.to_be_bytes();
         let (lua, wait) = (&self.scripts.update, self.replica_wait);
-        let (outcome, acked): (i64, _) = self
-            .transport
-            .run("update", move |mut conn| async move {
-                send_script(&mut conn, lua, key, &[&expected, bytes], wait).await
-            })
-            .await?;
-        self.check_replicas("update", outcome == 2, acked)?;
-        match outcome {
-            2 => Ok(UpdateOutcome::Updated { version }),
-            1 => Ok(UpdateOutcome::Conflict),
-            0 => Ok(UpdateOutcome::Gone),
-            code => Err(not_a_record(key.clone(), code)),
+        // One server: the script keeps the index. A cluster: the script
+        // asks for the entry first when the record changes user (then
+        // this loops once, or again if a touch moved the expiry meanwhile).
+        let mut announced: Option<[u8; 8]> = None;
+        for _ in 0..4 {
+            let (mode, extra): (&[u8], &[u8]) = match (self.indexed_here(), &announced) {
+                (Some(prefix), _) => (b"s", prefix.as_bytes()),
+                (None, None) => (b"c", b""),
+                (None, Some(score)) => (b"x", score),
+            };
+            let (reply, acked): (Value, _) = self
+                .transport
+                .run("update", move |mut conn| async move {
+                    send_script(&mut conn, lua, key, &[expected, bytes, mode, extra], wait).await
+                })
+                .await?;
+            let outcome = match reply {
+                Value::Int(outcome) => outcome,
+                Value::BulkString(at) => {
+                    let (Some(user), Some(at)) = (
+                        session.user_key(),
+                        std::str::from_utf8(&at)
+                            .ok()
+                            .and_then(|at| at.parse::<i64>().ok()),
+                    ) else {
+                        return Err(not_a_record(key.clone(), i64::MIN));
+                    };
+                    self.index_first("update", user, &id, at).await?;
+                    announced = Some(at.to_be_bytes());
+                    continue;
+                }
+                _ => return Err(not_a_record(key.clone(), i64::MIN)),
+            };
+            self.check_replicas("update", outcome == 2, acked)?;
+            return match outcome {
+                2 => Ok(UpdateOutcome::Updated { version }),
+                1 => Ok(UpdateOutcome::Conflict),
+                0 => Ok(UpdateOutcome::Gone),
+                code => Err(not_a_record(key.clone(), code)),
+            };
         }
+        Err(Error::Unavailable {
+            store: self.transport.store(),
+            context: self.transport.context("update"),
+            source: "the session's expiry kept moving while it was listed under its user; \
+                     nothing was written"
+                .into(),
+        })
     }
 
     pub(crate) async fn delete_if(
@@ -357,14 +548,27 @@ impl Keyspace {
         expected_version: u64,
     ) -> Result<DeleteOutcome> {
         let key = &self.key(id);
-        let expected = expected_version.to_be_bytes();
+        let expected = &expected_version.to_be_bytes();
         let (lua, wait) = (&self.scripts.delete_if, self.replica_wait);
-        let (outcome, acked): (i64, _) = self
+        let (mode, prefix): (&[u8], &[u8]) = match self.indexed_here() {
+            Some(prefix) => (b"s", prefix.as_bytes()),
+            None => (b"c", b""),
+        };
+        let (reply, acked): (Value, _) = self
             .transport
             .run("delete_if", move |mut conn| async move {
-                send_script(&mut conn, lua, key, &[&expected], wait).await
+                send_script(&mut conn, lua, key, &[expected, mode, prefix], wait).await
             })
             .await?;
+        let outcome = match reply {
+            Value::Int(outcome) => outcome,
+            Value::BulkString(user_key) => {
+                self.check_replicas("delete_if", true, acked)?;
+                self.index_forget("delete_if", &user_key, id).await;
+                return Ok(DeleteOutcome::Deleted);
+            }
+            _ => return Err(not_a_record(key.clone(), i64::MIN)),
+        };
         self.check_replicas("delete_if", outcome == 2, acked)?;
         match outcome {
             2 => Ok(DeleteOutcome::Deleted),
@@ -378,10 +582,18 @@ impl Keyspace {
         let key = &self.key(id);
         let expires_at = unix_millis(expires_at).to_be_bytes();
         let (lua, wait) = (&self.scripts.touch, self.replica_wait);
+        // One server: the prefix, so that a bound record's index entry
+        // follows its expiry (a format-byte check for an unbound one).
+        let prefix = self.indexed_here().map(str::as_bytes);
         let (outcome, acked): (i64, _) = self
             .transport
             .run("touch", move |mut conn| async move {
-                send_script(&mut conn, lua, key, &[&expires_at], wait).await
+                match prefix {
+                    Some(prefix) => {
+                        send_script(&mut conn, lua, key, &[&expires_at, prefix], wait).await
+                    }
+                    None => send_script(&mut conn, lua, key, &[&expires_at], wait).await,
+                }
             })
             .await?;
         self.check_replicas("touch", outcome == 1, acked)?;

@@ -186,6 +186,90 @@ fn scan_pattern(prefix: &str) -> String {
     }
     pattern
 }
+/// Between the prefix and the user key's hash in a user's index key.
+const USER_INFIX: &str = "user:";
+
+/// Hex digits of a user key's hash in an index key (SHA-1, which the Lua
+/// scripts compute with `redis.sha1hex`).
+const USER_HASH_LEN: usize = 40;
+
+/// The key of the index of `user_key`'s sessions in the namespace
+/// `prefix`: `<prefix>user:<SHA-1 of the user key, 40 lowercase hex>`. A
+/// user key never appears in a key as it is: hashed, no glob or hash-tag
+/// character of it can reach a pattern or a slot. The scripts compute the
+/// same name (`uset`); the hash only names the set: every member is
+/// checked against the user key in its record, so keys that collided
+/// would only share a set.
+///
+/// It is no session key of any namespace: those end in 64 hex digits,
+/// and the last 64 characters here hold the `user:`. It is not another
+/// namespace's index key either: those are their prefix, `user:` and
+/// exactly 40 hex digits, so equal keys have equal prefixes.
+fn user_set_key(prefix: &str, user_key: &str) -> String {
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(user_key.as_bytes());
+    let mut key = String::with_capacity(prefix.len() + USER_INFIX.len() + USER_HASH_LEN);
+    key.push_str(prefix);
+    key.push_str(USER_INFIX);
+    for byte in digest {
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    key
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Whether `key` is a user index key of the store with `prefix` (see
+/// [`user_set_key`]): the prefix, `user:`, then exactly 40 lowercase hex
+/// digits. A nested namespace's index keys (`app:admin:user:...` under
+/// `app:`) and its session keys never are.
+fn is_own_index_key(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(USER_INFIX))
+        .is_some_and(|hash| {
+            hash.len() == USER_HASH_LEN
+                && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// The `SCAN MATCH` pattern of exactly [`is_own_index_key`]'s keys.
+fn index_scan_pattern(prefix: &str) -> String {
+    let mut pattern = escape_glob(prefix);
+    pattern.push_str(USER_INFIX);
+    for _ in 0..USER_HASH_LEN {
+        pattern.push_str("[0-9a-f]");
+    }
+    pattern
+}
+
+/// Which keys of a namespace a walk (`SCAN`) visits.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// The sessions' records.
+    Sessions,
+    /// The user index's sets.
+    UserSets,
+}
+
+impl Keys {
+    /// The `SCAN MATCH` pattern of exactly these keys.
+    fn pattern(self, prefix: &str) -> String {
+        match self {
+            Keys::Sessions => scan_pattern(prefix),
+            Keys::UserSets => index_scan_pattern(prefix),
+        }
+    }
+
+    /// Whether `key` is one of them (checked again on what `SCAN` returns).
+    fn is_own(self, prefix: &str, key: &str) -> bool {
+        match self {
+            Keys::Sessions => is_own_key(prefix, key),
+            Keys::UserSets => is_own_index_key(prefix, key),
+        }
+    }
+}
+
 /// Escapes Redis glob metacharacters so a prefix matches only itself.
 fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len());
@@ -254,6 +338,46 @@ mod tests {
     #[test]
     fn glob_characters_in_prefixes_are_escaped() {
         assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn index_keys_are_exact_and_never_session_keys() {
+        // SHA-1 of "ada", as redis.sha1hex gives it.
+        let key = user_set_key("app:", "ada");
+        assert_eq!(key, "app:user:e4ea294c062c525643df036a35ca579b905fa400");
+        assert!(is_own_index_key("app:", &key));
+        assert_ne!(user_set_key("app:", "ada2"), key);
+        for prefix in [
+            "",
+            "app:",
+            "app:user:",
+            "app:admin:",
+            "a*[",
+            "app:user:0123",
+        ] {
+            let key = user_set_key(prefix, "ada");
+            assert!(is_own_index_key(prefix, &key), "{key}");
+            // No namespace's session key, whatever its prefix.
+            for cut in 0..=key.len() {
+                if key.is_char_boundary(cut) {
+                    assert!(!is_own_key(&key[..cut], &key), "{key} under {cut}");
+                }
+            }
+        }
+        for (prefix, foreign) in [
+            ("app:", format!("app:admin:user:{}", "a".repeat(40))),
+            ("app:", format!("app:user:{}", "a".repeat(39))),
+            ("app:", format!("app:user:{}", "a".repeat(41))),
+            ("app:", format!("app:user:{}", "A".repeat(40))),
+            ("app:", format!("app:{}", "a".repeat(64))),
+            ("app:", format!("app:user:user:{}", "a".repeat(40))),
+        ] {
+            assert!(!is_own_index_key(prefix, &foreign), "{foreign}");
+        }
+        assert_eq!(
+            index_scan_pattern("a*:"),
+            format!("a\\*:user:{}", "[0-9a-f]".repeat(40))
+        );
     }
 
     #[test]

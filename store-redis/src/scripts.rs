@@ -26,6 +26,24 @@ use redis::{Cmd, Script};
 ///   missing; `nil, code` when the value is no record: -1 or -2 as `judge`
 ///   says, -3 when it is not a string (the caller reports each as
 ///   undecodable rather than guessing).
+///
+/// The user index (see [`user_set_key`](crate::user_set_key)): a record
+/// of format 3 carries its user key after the header (bytes 26..27, 1-based,
+/// the length n as u16 big-endian, then n bytes), so the scripts read it
+/// without decoding the body, and touch the index only for such records:
+/// a session bound to no user (format 1 or 2) costs a format-byte check.
+///
+/// * `now_dec()`: Redis's clock in Unix milliseconds, in decimal (a score).
+/// * `ukey(key)`: the user key of the format-3 record stored under `key`
+///   (read with `GETRANGE`), `nil` if its length is unreadable.
+/// * `rkey(r)`: the user key of the record bytes `r`, `nil` when `r` is not
+///   format 3 (bound to no user) or its key is unreadable.
+/// * `uset(prefix, u)`: the key of user `u`'s index in the namespace
+///   `prefix`: a sorted set whose members are session ids (hex) and whose
+///   scores are the records' expiries (Unix ms).
+/// * `index_add(set, id, at)`: lists `id` in `set` with the expiry `at`
+///   (decimal ms) and makes the set live at least until `at` (`GT` only
+///   ever lengthens its TTL; a set without one, just made, gets `at`).
 macro_rules! lua {
     ($body:literal) => {
         concat!(
@@ -62,7 +80,7 @@ local function now_ms()
 end
 local function judge(h)
   local f = string.byte(h, 1)
-  if string.len(h) < 25 or (f ~= 1 and f ~= 2) then return -1 end
+  if string.len(h) < 25 or f < 1 or f > 3 then return -1 end
   if string.byte(h, 2) >= 128 or string.sub(h, 2, 9) == string.rep('\0', 8) then return -2 end
   return nil
 end
@@ -79,6 +97,32 @@ local function header(key)
   if bad then return nil, bad end
   return h
 end
+local function now_dec()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+end
+local function ukey(key)
+  local t = redis.call('GETRANGE', key, 25, 282)
+  if string.len(t) < 2 then return nil end
+  local n = string.byte(t, 1) * 256 + string.byte(t, 2)
+  if n < 1 or n > 256 or string.len(t) < n + 2 then return nil end
+  return string.sub(t, 3, n + 2)
+end
+local function rkey(r)
+  if string.byte(r, 1) ~= 3 or string.len(r) < 27 then return nil end
+  local n = string.byte(r, 26) * 256 + string.byte(r, 27)
+  if n < 1 or n > 256 or string.len(r) < n + 27 then return nil end
+  return string.sub(r, 28, n + 27)
+end
+local function uset(prefix, u)
+  return prefix .. 'user:' .. redis.sha1hex(u)
+end
+local function index_add(set, id, at)
+  redis.call('ZADD', set, at, id)
+  if redis.call('PEXPIREAT', set, at, 'GT') == 0 then
+    redis.call('PEXPIREAT', set, at, 'NX')
+  end
+end
 ",
             $body
         )
@@ -86,12 +130,29 @@ end
 }
 
 /// Compare-and-set. KEYS[1] the record; ARGV[1] the expected version (8
-/// bytes, as in the header); ARGV[2] the new record. Expired (by the header
-/// and Redis's clock) is gone whatever its version. The stored expiry is
-/// the later of the old and the new one, in the header (bytes 18..25) and
-/// the key's `PXAT` alike, so the key lives as long as the header says even
-/// if another writer had given it a shorter TTL.
-/// 0 = gone, 1 = conflict, 2 = updated, negative = not a record (see `header`).
+/// bytes, as in the header); ARGV[2] the new record; ARGV[3] how to keep the
+/// user index, ARGV[4] what that needs. Expired (by the header and Redis's
+/// clock) is gone whatever its version. The stored expiry is the later of
+/// the old and the new one, in the header (bytes 18..25) and the key's
+/// `PXAT` alike, so the key lives as long as the header says even if
+/// another writer had given it a shorter TTL.
+///
+/// The index, by ARGV[3]:
+/// * `s` (one server; ARGV[4] the prefix): here, in the same step. The
+///   record leaves its old user's set when its user changes, and is listed
+///   in its new user's with the stored expiry.
+/// * `c` (cluster, first try): the sets live in other slots, so the caller
+///   lists the record in its new user's set before it is written. When the
+///   record is bound to a user it was not bound to, nothing is written and
+///   the answer is the stored expiry the set's entry must reach (decimal).
+/// * `x` (cluster, the entry is in place; ARGV[4] its score as 8 bytes):
+///   as `c`, but the write goes ahead unless the expiry to store is later
+///   than the entry's score (a touch meanwhile), answered as for `c`.
+///
+/// A record whose user is unchanged, or bound to no user before and
+/// after, costs two format-byte checks.
+/// 0 = gone, 1 = conflict, 2 = updated, negative = not a record (see
+/// `header`), a decimal string = index first (cluster).
 const UPDATE_LUA: &str = lua!(
     r"
 local h, bad = header(KEYS[1])
@@ -100,20 +161,40 @@ if h == nil then return 0 end
 local stored = be64(h, 18)
 if not later(stored, now_ms()) then return 0 end
 if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
+local old, new
+if string.byte(h, 1) == 3 then old = ukey(KEYS[1]) end
+if string.byte(ARGV[2], 1) == 3 then new = rkey(ARGV[2]) end
+local mode = ARGV[3]
+local keep = later(stored, be64(ARGV[2], 18))
+-- The bytes whose expiry is stored: the old header, or the new record.
+local at = h
+if not keep then at = ARGV[2] end
+if new and new ~= old and mode ~= 's' then
+  if mode == 'c' or later(be64(at, 18), be64(ARGV[4], 1)) then return dec(at, 18) end
+end
 -- Both expiries are past now here, so positive: dec() applies.
-if later(stored, be64(ARGV[2], 18)) then
+if keep then
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', dec(h, 18))
   redis.call('SETRANGE', KEYS[1], 17, string.sub(h, 18, 25))
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', dec(ARGV[2], 18))
 end
+if mode == 's' and (old or new) then
+  local id = string.sub(KEYS[1], string.len(ARGV[4]) + 1)
+  if old and old ~= new then redis.call('ZREM', uset(ARGV[4], old), id) end
+  if new then index_add(uset(ARGV[4], new), id, dec(at, 18)) end
+end
 return 2
 "
 );
 
-/// Compare-and-delete. KEYS[1] the record; ARGV[1] the expected version.
+/// Compare-and-delete. KEYS[1] the record; ARGV[1] the expected version;
+/// ARGV[2] `s` to take the record out of its user's index here (one
+/// server; ARGV[3] the prefix), `c` to answer its user key instead (the
+/// cluster store removes it from the set, in another slot).
 /// 0 = gone (missing or expired), 1 = conflict, 2 = deleted, negative =
-/// not a record (see `header`).
+/// not a record (see `header`), a string = deleted, and it was bound to
+/// that user (`c`).
 const DELETE_IF_LUA: &str = lua!(
     r"
 local h, bad = header(KEYS[1])
@@ -121,8 +202,70 @@ if bad then return bad end
 if h == nil then return 0 end
 if not later(be64(h, 18), now_ms()) then return 0 end
 if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
+local old
+if string.byte(h, 1) == 3 then old = ukey(KEYS[1]) end
 redis.call('DEL', KEYS[1])
+if old then
+  if ARGV[2] ~= 's' then return old end
+  redis.call('ZREM', uset(ARGV[3], old), string.sub(KEYS[1], string.len(ARGV[3]) + 1))
+end
 return 2
+"
+);
+
+/// Deletes a record, whatever it holds. KEYS[1] the record; ARGV[1] and
+/// ARGV[2] as ARGV[2] and ARGV[3] of [`DELETE_IF_LUA`].
+/// 0 = done, a string = done, and it was bound to that user (`c`).
+const DELETE_LUA: &str = lua!(
+    r"
+local old
+if redis.pcall('GETRANGE', KEYS[1], 0, 0) == '\3' then old = ukey(KEYS[1]) end
+redis.call('DEL', KEYS[1])
+if old then
+  if ARGV[1] ~= 's' then return old end
+  redis.call('ZREM', uset(ARGV[2], old), string.sub(KEYS[1], string.len(ARGV[2]) + 1))
+end
+return 0
+"
+);
+
+/// `SET` on one server: the record, and its user index in the same step.
+/// KEYS[1] the record; ARGV[1] the new record; ARGV[2] its `PXAT`; ARGV[3]
+/// the prefix. The record leaves the set of the user the old one was bound
+/// to, and is listed under its own user while its expiry is to come.
+const SET_LUA: &str = lua!(
+    r"
+local old
+if redis.pcall('GETRANGE', KEYS[1], 0, 0) == '\3' then old = ukey(KEYS[1]) end
+local new = rkey(ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+if old or new then
+  local id = string.sub(KEYS[1], string.len(ARGV[3]) + 1)
+  if old and old ~= new then redis.call('ZREM', uset(ARGV[3], old), id) end
+  if new then
+    if later(be64(ARGV[1], 18), now_ms()) then
+      index_add(uset(ARGV[3], new), id, ARGV[2])
+    else
+      redis.call('ZREM', uset(ARGV[3], new), id)
+    end
+  end
+end
+return 1
+"
+);
+
+/// `SET NX` of a record bound to a user, on one server, listing it in its
+/// user's index in the same step. KEYS[1] the record; ARGV[1] the record;
+/// ARGV[2] its `PXAT`; ARGV[3] the prefix. (A record bound to no user is
+/// created by a plain `SET NX`.) 1 = created, 0 = a record was there.
+const CREATE_BOUND_LUA: &str = lua!(
+    r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then return 0 end
+local new = rkey(ARGV[1])
+if new and later(be64(ARGV[1], 18), now_ms()) then
+  index_add(uset(ARGV[3], new), string.sub(KEYS[1], string.len(ARGV[3]) + 1), ARGV[2])
+end
+return 1
 "
 );
 
@@ -133,7 +276,9 @@ return 2
 /// is still made to live at least as long as the header says (`GT` only
 /// ever lengthens a TTL, and writes nothing when it already does): a
 /// foreign writer may have given it a shorter TTL, and `true` promises the
-/// record lives to its expiry.
+/// record lives to its expiry. With ARGV[2] (one server: the prefix), a
+/// record bound to a user has its index entry follow its new expiry (the
+/// cluster's entries do not follow: see the cluster store).
 /// 0 = missing or expired, 1 = live, negative = not a record (see `header`).
 const TOUCH_LUA: &str = lua!(
     r"
@@ -146,6 +291,12 @@ if not later(stored, now_ms()) then return 0 end
 if later(be64(ARGV[1], 1), stored) then
   redis.call('SETRANGE', KEYS[1], 17, ARGV[1])
   redis.call('PEXPIREAT', KEYS[1], dec(ARGV[1], 1))
+  if ARGV[2] and string.byte(h, 1) == 3 then
+    local u = ukey(KEYS[1])
+    if u then
+      index_add(uset(ARGV[2], u), string.sub(KEYS[1], string.len(ARGV[2]) + 1), dec(ARGV[1], 1))
+    end
+  end
 else
   redis.call('PEXPIREAT', KEYS[1], dec(h, 18), 'GT')
 end
@@ -166,6 +317,125 @@ for i = 1, #KEYS do
   local h = redis.pcall('GETRANGE', KEYS[i], 0, 24)
   if type(h) == 'string' and h ~= '' then
     if judge(h) or later(be64(h, 18), now) then n = n + 1 end
+  end
+end
+return n
+"
+);
+
+/// The live sessions of one user, on one server, in one step. KEYS[1] the
+/// user's set; ARGV[1] the prefix; ARGV[2] the user key. Entries whose
+/// expiry has passed go first (scores are the records' expiries); every
+/// other entry whose record is not a live record bound to exactly that
+/// user is dropped too (none should be: every write keeps the set in the
+/// same step). Answers the listed records as id, bytes, id, bytes, ...
+const SESSIONS_OF_LUA: &str = lua!(
+    r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_dec())
+local now = now_ms()
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local v = redis.pcall('GET', ARGV[1] .. id)
+  if type(v) == 'string' and not judge(v) and rkey(v) == ARGV[2] and later(be64(v, 18), now) then
+    out[#out + 1] = id
+    out[#out + 1] = v
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"
+);
+
+/// Deletes one user's records, on one server, in one step. KEYS[1] the
+/// user's set; ARGV[1] the prefix; ARGV[2] the user key; ARGV[3] the id
+/// to keep (empty for none). Each listed record that is bound to exactly
+/// that user (its own key checked, live or expired) is deleted and
+/// answered; an entry whose record is not is dropped.
+const REVOKE_LUA: &str = lua!(
+    r"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local key = ARGV[1] .. id
+  if redis.pcall('GETRANGE', key, 0, 0) == '\3' and ukey(key) == ARGV[2] then
+    if id ~= ARGV[3] then
+      redis.call('DEL', key)
+      redis.call('ZREM', KEYS[1], id)
+      out[#out + 1] = id
+    end
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"
+);
+
+/// Drops the entries of expired records from the user sets in KEYS (one
+/// server: a score is its record's expiry). A key that is not a sorted
+/// set is passed over. Answers how many entries went.
+const FLUSH_INDEX_LUA: &str = lua!(
+    r"
+local now = now_dec()
+local n = 0
+for i = 1, #KEYS do
+  local gone = redis.pcall('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if type(gone) == 'number' then n = n + gone end
+end
+return n
+"
+);
+
+/// After `clear` deleted a namespace's records: drops from the user sets in
+/// KEYS (one server; ARGV[1] the prefix) every entry whose record is gone,
+/// expired, or not bound to that set's user. A record written since (with
+/// its entry, in one step) keeps it.
+const CLEAR_INDEX_LUA: &str = lua!(
+    r"
+local now = now_dec()
+for i = 1, #KEYS do
+  local set = KEYS[i]
+  local hash = string.sub(set, -40)
+  if type(redis.pcall('ZREMRANGEBYSCORE', set, '-inf', now)) == 'number' then
+    for _, id in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+      local key = ARGV[1] .. id
+      local u
+      if redis.pcall('GETRANGE', key, 0, 0) == '\3' then u = ukey(key) end
+      if not u or redis.sha1hex(u) ~= hash then redis.call('ZREM', set, id) end
+    end
+  end
+end
+return 0
+"
+);
+
+/// Cluster: whether the record under KEYS[1] is bound to exactly the user
+/// ARGV[1] (live or expired); if so it is deleted. 1 = deleted, 0 = not
+/// that user's (missing, bound to no one or to another user).
+const REVOKE_ONE_LUA: &str = lua!(
+    r"
+if redis.pcall('GETRANGE', KEYS[1], 0, 0) == '\3' and ukey(KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"
+);
+
+/// Cluster: drops from the user set KEYS[1] each id in ARGV whose score
+/// (the latest expiry any write announced for it before writing) has
+/// passed by this node's clock. The caller saw each one's record not
+/// bound to the set's user; a write binding it since announced a later
+/// expiry first, so its entry stays. Answers how many went.
+const DROP_DUE_LUA: &str = lua!(
+    r"
+local now = tonumber(now_dec())
+local n = 0
+for i = 1, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= now then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    n = n + 1
   end
 end
 return n
@@ -199,6 +469,26 @@ impl Lua {
         Self::call("EVAL", self.body, keys, args)
     }
 
+    /// Runs the script on `keys` with `args`: by hash, and by body if the
+    /// server does not know it yet (nothing ran then).
+    pub(crate) async fn run<C, R>(
+        &self,
+        conn: &mut C,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> redis::RedisResult<R>
+    where
+        C: redis::aio::ConnectionLike + Send,
+        R: redis::FromRedisValue,
+    {
+        match self.by_hash(keys, args).query_async(conn).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                self.by_body(keys, args).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+
     /// The script as `SCRIPT LOAD` takes it.
     pub(crate) fn body(&self) -> &'static str {
         self.body
@@ -218,8 +508,17 @@ impl Lua {
 pub(crate) struct Scripts {
     pub(crate) update: Lua,
     pub(crate) delete_if: Lua,
+    pub(crate) delete: Lua,
+    pub(crate) set: Lua,
+    pub(crate) create_bound: Lua,
     pub(crate) touch: Lua,
     pub(crate) count_live: Lua,
+    pub(crate) sessions_of: Lua,
+    pub(crate) revoke: Lua,
+    pub(crate) flush_index: Lua,
+    pub(crate) clear_index: Lua,
+    pub(crate) revoke_one: Lua,
+    pub(crate) drop_due: Lua,
 }
 
 impl Scripts {
@@ -227,8 +526,17 @@ impl Scripts {
         Scripts {
             update: Lua::new(UPDATE_LUA),
             delete_if: Lua::new(DELETE_IF_LUA),
+            delete: Lua::new(DELETE_LUA),
+            set: Lua::new(SET_LUA),
+            create_bound: Lua::new(CREATE_BOUND_LUA),
             touch: Lua::new(TOUCH_LUA),
             count_live: Lua::new(COUNT_LIVE_LUA),
+            sessions_of: Lua::new(SESSIONS_OF_LUA),
+            revoke: Lua::new(REVOKE_LUA),
+            flush_index: Lua::new(FLUSH_INDEX_LUA),
+            clear_index: Lua::new(CLEAR_INDEX_LUA),
+            revoke_one: Lua::new(REVOKE_ONE_LUA),
+            drop_due: Lua::new(DROP_DUE_LUA),
         }
     }
 }

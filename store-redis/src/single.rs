@@ -18,7 +18,7 @@ use session_store::{
 
 use crate::keyspace::{Keyspace, Transport};
 use crate::scripts::Scripts;
-use crate::{is_own_key, scan_pattern, SCAN_BATCH};
+use crate::{Keys, SCAN_BATCH};
 
 /// How to reach Redis and name keys. Its `Debug` output hides the URL's
 /// password.
@@ -163,17 +163,27 @@ impl RedisStore {
         &self.server.pool
     }
 
-    /// Walks every key of this namespace with `SCAN` until the cursor comes
-    /// back to 0 (keys deleted meanwhile do not end the walk early), handing
-    /// each non-empty batch to `each`. The `MATCH` pattern already asks for
-    /// exactly [`is_own_key`] keys; the check is repeated
+    /// Walks every session key of this namespace with `SCAN` until the
+    /// cursor comes back to 0 (keys deleted meanwhile do not end the walk
+    /// early), handing each non-empty batch to `each`. The `MATCH` pattern
+    /// already asks for exactly [`is_own_key`] keys; the check is repeated
     /// here so nothing else is ever counted or deleted.
-    async fn scan_batches<F, Fut>(&self, what: &'static str, mut each: F) -> Result<()>
+    async fn scan_batches<F, Fut>(&self, what: &'static str, each: F) -> Result<()>
     where
         F: FnMut(Vec<String>) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let pattern = &scan_pattern(&self.keyspace.prefix);
+        self.scan_keys(what, Keys::Sessions, each).await
+    }
+
+    /// [`scan_batches`](Self::scan_batches) over the keys `which` names.
+    async fn scan_keys<F, Fut>(&self, what: &'static str, which: Keys, mut each: F) -> Result<()>
+    where
+        F: FnMut(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let prefix = &self.keyspace.prefix;
+        let pattern = &which.pattern(prefix);
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
@@ -191,7 +201,7 @@ impl RedisStore {
                 .await?;
             let keys: Vec<String> = keys
                 .into_iter()
-                .filter(|k| is_own_key(&self.keyspace.prefix, k))
+                .filter(|k| which.is_own(prefix, k))
                 .collect();
             if !keys.is_empty() {
                 each(keys).await?;
@@ -346,18 +356,37 @@ impl SessionInterface for RedisStore {
         self.keyspace.touch(id, expires_at).await
     }
 
-    /// Returns 0 without a round trip: every record this store writes has
-    /// its key expire (`PXAT`) exactly when its header says, so Redis drops
-    /// it itself. A record whose header has expired while its key still has
-    /// a TTL can only come from another writer; every operation treats it
-    /// as expired already (never returned, counted, updated, touched or
-    /// deleted by `delete_if`), and Redis drops it at its TTL. Scanning the
-    /// namespace on every `flush` to find such records early is not worth
-    /// its cost.
+    /// Returns 0: every record this store writes has its key expire
+    /// (`PXAT`) exactly when its header says, so Redis drops it itself. A
+    /// record whose header has expired while its key still has a TTL can
+    /// only come from another writer; every operation treats it as expired
+    /// already (never returned, counted, updated, touched or deleted by
+    /// `delete_if`), and Redis drops it at its TTL.
+    ///
+    /// What it does is drop expired records' entries from this namespace's
+    /// user index: it walks the index keys (`SCAN`, exactly this
+    /// namespace's) and, per batch, one script removes from each set the
+    /// entries whose score (their record's expiry) has passed.
     async fn flush(&self) -> Result<u64> {
+        let lua = &self.keyspace.scripts.flush_index;
+        self.scan_keys("flush", Keys::UserSets, |sets| async move {
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let sets = &sets;
+            self.server
+                .run("flush", move |mut conn| async move {
+                    lua.run::<_, i64>(&mut conn, sets, &[]).await
+                })
+                .await
+                .map(drop)
+        })
+        .await?;
         Ok(0)
     }
 
+    /// Deletes this namespace's records (`SCAN` + `UNLINK` per batch),
+    /// then walks its user sets and drops every entry whose record is no
+    /// longer there (one script per batch). A session created meanwhile is
+    /// written with its entry in one step, so it keeps it.
     async fn clear(&self) -> Result<()> {
         self.scan_batches("clear", |keys| async move {
             let keys = &keys;
@@ -370,7 +399,67 @@ impl SessionInterface for RedisStore {
                 })
                 .await
         })
+        .await?;
+        let lua = &self.keyspace.scripts.clear_index;
+        let prefix = self.keyspace.prefix.as_bytes();
+        self.scan_keys("clear", Keys::UserSets, |sets| async move {
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let sets = &sets;
+            self.server
+                .run("clear", move |mut conn| async move {
+                    lua.run::<_, i64>(&mut conn, sets, &[prefix]).await
+                })
+                .await
+                .map(drop)
+        })
         .await
+    }
+
+    /// One script: drops the user's entries whose records expired or are
+    /// no longer bound to exactly that user, and answers the others'
+    /// records.
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let set = &self.keyspace.user_set(user_key);
+        let lua = &self.keyspace.scripts.sessions_of;
+        let args: &[&[u8]] = &[self.keyspace.prefix.as_bytes(), user_key.as_bytes()];
+        let listed: Vec<Vec<u8>> = self
+            .server
+            .run("sessions_of", move |mut conn| async move {
+                lua.run(&mut conn, &[set], args).await
+            })
+            .await?;
+        let mut sessions = Vec::with_capacity(listed.len() / 2);
+        for pair in listed.chunks_exact(2) {
+            sessions.push(self.keyspace.decode_listed(&pair[0], &pair[1])?);
+        }
+        Ok(sessions)
+    }
+
+    /// One script: deletes each record in the user's set that is bound to
+    /// exactly that user (checked in the record), but `except`.
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        let set = &self.keyspace.user_set(user_key);
+        let lua = &self.keyspace.scripts.revoke;
+        let except = except.map(SessionId::to_hex).unwrap_or_default();
+        let args: &[&[u8]] = &[
+            self.keyspace.prefix.as_bytes(),
+            user_key.as_bytes(),
+            except.as_bytes(),
+        ];
+        let revoked: Vec<String> = self
+            .server
+            .run("revoke_user", move |mut conn| async move {
+                lua.run(&mut conn, &[set], args).await
+            })
+            .await?;
+        revoked
+            .iter()
+            .map(|id| self.keyspace.listed_id(id.as_bytes()))
+            .collect()
     }
 
     async fn len(&self) -> Result<u64> {
@@ -384,12 +473,7 @@ impl SessionInterface for RedisStore {
                 let live: u64 = self
                     .server
                     .run("len", move |mut conn| async move {
-                        match lua.by_hash(keys, &[]).query_async(&mut conn).await {
-                            Err(e) if e.code() == Some("NOSCRIPT") => {
-                                lua.by_body(keys, &[]).query_async(&mut conn).await
-                            }
-                            other => other,
-                        }
+                        lua.run(&mut conn, keys, &[]).await
                     })
                     .await?;
                 count.fetch_add(live, Ordering::Relaxed);
