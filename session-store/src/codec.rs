@@ -364,4 +364,89 @@ mod tests {
         assert_eq!(back.version(), 3);
         assert_eq!(back.data(), s.data());
     }
+
+    fn bound(user: &str) -> Session {
+        let mut s = sample();
+        let metadata = BTreeMap::from([("device".to_owned(), "laptop".to_owned())]);
+        s.set_user(Some(UserBinding::new(user, metadata).unwrap()));
+        s.stamp_write(7);
+        s
+    }
+
+    #[test]
+    fn a_bound_session_round_trips_in_format_three() {
+        let s = bound("ädä:{42}");
+        let bytes = encode(&s, 5).unwrap();
+        assert_eq!(bytes[0], FORMAT_V3);
+        assert_eq!(user_key(&bytes, "test").unwrap(), Some("ädä:{42}"));
+        let back = decode(s.id(), &bytes, "test").unwrap();
+        assert_eq!(back.user(), s.user());
+        assert_eq!(back.data(), s.data());
+        assert_eq!(back.flash(), s.flash());
+        assert_eq!(back.recent_writes(), s.recent_writes());
+        assert_eq!(back.version(), 5);
+        // The fixed header stays where the Redis scripts read it.
+        assert_eq!(header(&bytes, "test").unwrap().version, 5);
+        let mut patched = bytes.clone();
+        patch_expires_at(&mut patched, 99, "test").unwrap();
+        assert_eq!(
+            decode(s.id(), &patched, "test")
+                .unwrap()
+                .expires_at_millis(),
+            99
+        );
+        assert_eq!(decode(s.id(), &patched, "test").unwrap().user(), s.user());
+    }
+
+    #[test]
+    fn an_unbound_session_is_still_written_in_format_two() {
+        let s = sample();
+        let bytes = encode(&s, 1).unwrap();
+        assert_eq!(bytes[0], FORMAT_V2);
+        assert_eq!(user_key(&bytes, "test").unwrap(), None);
+        assert_eq!(decode(s.id(), &bytes, "test").unwrap().user(), None);
+    }
+
+    #[test]
+    fn corrupt_user_keys_are_decode_errors() {
+        let s = bound("ada");
+        let good = encode(&s, 1).unwrap();
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = good.clone();
+            f(&mut bytes);
+            bytes
+        };
+        let cases = [
+            (
+                "length zero",
+                with(&|b| b[25..27].copy_from_slice(&0u16.to_be_bytes())),
+            ),
+            (
+                "length over the limit",
+                with(&|b| b[25..27].copy_from_slice(&257u16.to_be_bytes())),
+            ),
+            (
+                "length past the end",
+                with(&|b| b[25..27].copy_from_slice(&200u16.to_be_bytes())),
+            ),
+            ("cut inside the length", good[..26].to_vec()),
+            ("cut inside the key", good[..28].to_vec()),
+            ("not UTF-8", with(&|b| b[27] = 0xFF)),
+            ("cut inside the metadata", good[..good.len() - 1].to_vec()),
+            ("trailing bytes", with(&|b| b.push(0))),
+        ];
+        for (name, bytes) in cases {
+            assert!(
+                matches!(decode(s.id(), &bytes, "test"), Err(Error::Decode { .. })),
+                "{name}"
+            );
+        }
+        let too_long = "x".repeat(MAX_USER_KEY_LEN + 1);
+        let mut s = sample();
+        s.set_user(Some(UserBinding {
+            key: too_long,
+            metadata: BTreeMap::new(),
+        }));
+        assert!(matches!(encode(&s, 1), Err(Error::Encode { .. })));
+    }
 }
