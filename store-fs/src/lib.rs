@@ -119,7 +119,7 @@ use rand::RngCore as _;
 use session_store::backend::{next_version, storable_version};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
+    codec, now_millis, unix_millis, DeleteOutcome, Error, FlushReport, Result, Session, SessionId,
     SessionInterface, UpdateOutcome, MAX_USER_KEY_LEN, MAX_VERSION,
 };
 use sha2::{Digest as _, Sha256};
@@ -1074,9 +1074,13 @@ impl SessionInterface for FsStore {
     }
 
     async fn flush(&self) -> Result<u64> {
+        Ok(self.flush_reporting().await?.deleted)
+    }
+
+    async fn flush_reporting(&self) -> Result<FlushReport> {
         self.scan("flushing", |c| {
             let now = now_millis();
-            let mut removed = 0;
+            let mut report = FlushReport::default();
             for shard in shards(&c.root)? {
                 let mut expired = Vec::new();
                 let mut unlinked = false;
@@ -1098,15 +1102,23 @@ impl SessionInterface for FsStore {
                         for (id, path) in expired {
                             // Re-checked under the lock: it may have been
                             // extended (or replaced) since the listing.
-                            let Ok(Some((h, user))) = read_head(&path) else {
-                                continue;
+                            let (h, user) = match read_head(&path) {
+                                Ok(Some(head)) => head,
+                                Ok(None) => continue,
+                                // Flushed by its header all the same; a
+                                // marker of it is left to the sweep.
+                                Err(_) => match read_header(&path) {
+                                    Ok(Some(h)) => (h, None),
+                                    _ => continue,
+                                },
                             };
                             if h.expires_at_ms <= now && remove_if_present(&path)? {
-                                removed += 1;
                                 unlinked = true;
-                                if let Some(user) = user {
-                                    drop_marker(&c.root, &user_hash(&user), &id)?;
+                                if let Some(user) = &user {
+                                    drop_marker(&c.root, &user_hash(user), &id)?;
                                 }
+                                report.deleted += 1;
+                                report.expired.push((id, user));
                             }
                         }
                     }
@@ -1116,7 +1128,7 @@ impl SessionInterface for FsStore {
                 }
             }
             sweep_markers(c)?;
-            Ok(removed)
+            Ok(report)
         })
         .await
     }
@@ -1514,7 +1526,11 @@ mod tests {
         fs::write(ghost.join(rebound.id().to_hex()), b"").unwrap();
         assert_ne!(all_markers(&root.0), bound_records(&root.0));
 
-        assert_eq!(store.flush().await.unwrap(), 0);
+        let expired = bound(Some("ada"), -1_000);
+        store.set(&expired).await.unwrap();
+        let report = store.flush_reporting().await.unwrap();
+        assert_eq!(report.deleted, 1);
+        assert_eq!(report.expired, vec![(expired.id(), Some("ada".to_owned()))]);
         assert_eq!(all_markers(&root.0), bound_records(&root.0));
         assert!(!ghost.exists(), "an empty user directory stayed");
         assert_eq!(all_markers(&root.0).len(), 2);

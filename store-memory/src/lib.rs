@@ -38,7 +38,7 @@ use dashmap::DashMap;
 use session_store::backend::{next_version, storable_version};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
+    codec, now_millis, unix_millis, DeleteOutcome, Error, FlushReport, Result, Session, SessionId,
     SessionInterface, UpdateOutcome,
 };
 
@@ -319,6 +319,10 @@ impl SessionInterface for MemoryStore {
     }
 
     async fn flush(&self) -> Result<u64> {
+        Ok(self.flush_reporting().await?.deleted)
+    }
+
+    async fn flush_reporting(&self) -> Result<FlushReport> {
         let now = now_millis();
         // Find under read locks, then delete in small batches, yielding in
         // between: a million-session sweep never holds a lock, or a runtime
@@ -329,7 +333,7 @@ impl SessionInterface for MemoryStore {
             .filter(|entry| !entry.is_live(now))
             .map(|entry| *entry.key())
             .collect();
-        let mut removed = 0u64;
+        let mut report = FlushReport::default();
         for batch in expired.chunks(FLUSH_BATCH) {
             for id in batch {
                 // Re-checked: it may have been touched since.
@@ -342,13 +346,16 @@ impl SessionInterface for MemoryStore {
                     }
                     true
                 };
-                if self.map.remove_if(id, expired).is_some() {
-                    removed += 1;
+                if let Some((id, record)) = self.map.remove_if(id, expired) {
+                    report.deleted += 1;
+                    report
+                        .expired
+                        .push((id, record.user_key().map(str::to_owned)));
                 }
             }
             tokio::task::yield_now().await;
         }
-        Ok(removed)
+        Ok(report)
     }
 
     async fn clear(&self) -> Result<()> {
@@ -541,7 +548,17 @@ mod tests {
         store.set(&gone).await.unwrap();
         let stays = bound_to(Some("ada"));
         store.create(&stays).await.unwrap();
-        assert_eq!(store.flush().await.unwrap(), 1);
+        let unbound = bound_to(None);
+        let mut gone_too = unbound.clone();
+        gone_too.set_expires_at_millis(now_millis() - 1);
+        store.set(&gone_too).await.unwrap();
+        let report = store.flush_reporting().await.unwrap();
+        assert_eq!(report.deleted, 2);
+        let named: HashMap<SessionId, Option<String>> = report.expired.into_iter().collect();
+        assert_eq!(
+            named,
+            HashMap::from([(gone.id(), Some("ada".to_owned())), (unbound.id(), None)])
+        );
         assert_index_agrees(&store);
         assert_eq!(store.listed("ada"), vec![stays.id()]);
     }
