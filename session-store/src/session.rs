@@ -276,9 +276,10 @@ impl Session {
         self.data.keys().map(String::as_str)
     }
 
-    /// Whether the session holds no data and no flash values.
+    /// Whether the session holds no data, no flash values and no user
+    /// binding: nothing worth storing.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty() && self.flash.is_empty()
+        self.data.is_empty() && self.flash.is_empty() && self.user.is_none()
     }
 
     /// The encoded data, key by key.

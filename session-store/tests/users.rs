@@ -374,3 +374,15 @@ async fn a_stuck_or_panicking_hook_never_holds_up_a_request() {
     );
     assert_eq!(hook.dropped(), 0);
 }
+
+#[tokio::test]
+async fn a_fresh_session_bound_to_a_user_is_stored_even_without_data() {
+    let (_, manager) = manager_with(config());
+    let mut session = start(&manager, None).await;
+    session.set_user("ada", BTreeMap::new()).expect("set_user");
+    let cookie = session.commit().await.expect("commit");
+    assert!(cookie.is_some(), "a bound session sent no cookie");
+    let listed = manager.sessions_of("ada").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, session.id());
+}
