@@ -275,7 +275,8 @@ async fn corrupt_values_are_decode_errors_and_are_left_alone() {
     let mut conn = raw().await;
     let good = codec::encode(&session(60_000), 1).unwrap();
     let mut unknown_format = good.clone();
-    unknown_format[0] = 3;
+    // 3 is the format of a session bound to a user: 4 is unknown.
+    unknown_format[0] = 4;
     let corrupt: [Vec<u8>; 4] = [
         Vec::new(),
         good[..24].to_vec(),

@@ -1,6 +1,7 @@
 //! The store on a Redis Cluster, through the redis crate's async cluster
 //! client.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt as _};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -15,12 +17,13 @@ use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
 use session_store::backend::{redact_url, timed_unsent_aware, Unsent};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    BoxError, DeleteOutcome, Error, Result, Session, SessionId, SessionInterface, UpdateOutcome,
+    codec, BoxError, DeleteOutcome, Error, Result, Session, SessionId, SessionInterface,
+    UpdateOutcome,
 };
 
 use crate::keyspace::{Keyspace, ReplicaWait, Transport};
-use crate::scripts::Scripts;
-use crate::{is_own_key, scan_pattern, SCAN_BATCH};
+use crate::scripts::{Lua, Scripts};
+use crate::{Keys, SCAN_BATCH};
 
 /// The first pause before trying again a request the cluster did not run
 /// (a `MOVED` or `CLUSTERDOWN` while a replica is being promoted), doubled
@@ -317,15 +320,17 @@ impl RedisClusterStore {
 
     /// Walks every master, one after another, with `SCAN` until its cursor
     /// comes back to 0, handing each non-empty batch of this namespace's
-    /// keys, with the master that holds them, to `each`. Replicas are not
-    /// walked: they hold copies of their master's keys. The `MATCH` pattern
-    /// asks for exactly [`is_own_key`] keys, checked again here.
-    async fn scan_batches<F, Fut>(&self, what: &'static str, mut each: F) -> Result<()>
+    /// keys of the kind `which`, with the master that holds them, to
+    /// `each`. Replicas are not walked: they hold copies of their master's
+    /// keys. The `MATCH` pattern asks for exactly those keys (for
+    /// sessions, [`is_own_key`](crate::is_own_key)), checked again here.
+    async fn scan_batches<F, Fut>(&self, what: &'static str, which: Keys, mut each: F) -> Result<()>
     where
         F: FnMut((String, u16), Vec<String>) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let pattern = &scan_pattern(&self.keyspace.prefix);
+        let prefix = &self.keyspace.prefix;
+        let pattern = &which.pattern(prefix);
         for master in self.masters_of(what).await? {
             let master_ref = &master;
             let mut cursor: u64 = 0;
@@ -347,7 +352,7 @@ impl RedisClusterStore {
                     .await?;
                 let keys: Vec<String> = keys
                     .into_iter()
-                    .filter(|k| is_own_key(&self.keyspace.prefix, k))
+                    .filter(|k| which.is_own(prefix, k))
                     .collect();
                 if !keys.is_empty() {
                     each(master.clone(), keys).await?;
@@ -361,6 +366,115 @@ impl RedisClusterStore {
         Ok(())
     }
 }
+
+impl RedisClusterStore {
+    /// Runs `lua` once per key of `keys` (a call's keys must share a slot),
+    /// all in one pipeline to `master`, which holds them, with `args` for
+    /// each; a master that does not know the script yet (a promoted
+    /// replica) has it loaded and the calls sent again. The replies, in
+    /// order, each a reply or the error it was.
+    async fn script_per_key(
+        &self,
+        what: &'static str,
+        master: &(String, u16),
+        lua: &Lua,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<Vec<Value>> {
+        self.cluster
+            .run(what, move |mut conn| async move {
+                let mut calls = redis::pipe();
+                for key in keys {
+                    calls.add_command(lua.by_hash(&[key], args));
+                }
+                let mut replies = conn
+                    .route_pipeline(calls.clone(), 0, keys.len(), at(master))
+                    .await?;
+                let unknown =
+                    |reply: &Value| matches!(reply, Value::ServerError(e) if e.code() == "NOSCRIPT");
+                if replies.iter().any(unknown) {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(lua.body());
+                    conn.route_command(load, RoutingInfo::SingleNode(at(master)))
+                        .await?;
+                    replies = conn
+                        .route_pipeline(calls, 0, keys.len(), at(master))
+                        .await?;
+                }
+                Ok(replies)
+            })
+            .await
+    }
+
+    /// Tidies the user set `set` after the fact: each entry whose score
+    /// has passed (`due_by`, the app's clock: the master judges again) is
+    /// checked against its record, on the record's master. An entry whose
+    /// record is live and bound to the set's user has its score raised to
+    /// the record's expiry (a touch may have extended it), so the next
+    /// walk passes it over until then; the others are dropped if their
+    /// score has still passed when the set's master drops them (a write
+    /// that binds the record to this user since announced a later expiry
+    /// first, so its entry stays).
+    async fn tidy_set(&self, what: &'static str, set: &str, due_by: i64) -> Result<()> {
+        let keyspace = &self.keyspace;
+        let due = keyspace.listed(what, set, Some(due_by)).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let checked: Vec<(String, Result<Option<Vec<u8>>>)> = stream::iter(due)
+            .map(|id| async move {
+                let fetched = match keyspace.listed_id(id.as_bytes()) {
+                    Ok(parsed) => keyspace.fetch_live(&keyspace.key(&parsed)).await,
+                    Err(_) => Ok(None),
+                };
+                (id, fetched)
+            })
+            .buffer_unordered(FAN_OUT)
+            .collect()
+            .await;
+        let (mut raise, mut stale) = (Vec::new(), Vec::new());
+        for (id, fetched) in checked {
+            let origin = format!("{}{id}", keyspace.prefix);
+            match fetched {
+                Ok(Some(bytes)) => match codec::user_key(&bytes, &origin) {
+                    Ok(Some(user)) if keyspace.user_set(user) == set => {
+                        let at = codec::header(&bytes, &origin).map(|h| h.expires_at_ms);
+                        if let Ok(at) = at {
+                            raise.push((id, at));
+                        }
+                    }
+                    Ok(_) => stale.push(id),
+                    // Not readable: neither listed nor dropped.
+                    Err(e) => tracing::warn!(error = %e, "a user index lists an unreadable record"),
+                },
+                Ok(None) => stale.push(id),
+                Err(Error::Decode { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        keyspace.raise(what, set, &raise).await?;
+        keyspace.drop_due(what, set, &stale).await
+    }
+
+    /// Walks this namespace's user sets on every master and tidies each
+    /// (see [`tidy_set`](Self::tidy_set)), a few at a time.
+    async fn tidy_index(&self, what: &'static str) -> Result<()> {
+        let due_by = session_store::now_millis();
+        self.scan_batches(what, Keys::UserSets, |_, sets| async move {
+            let tidied: Vec<Result<()>> = stream::iter(sets)
+                .map(|set| async move { self.tidy_set(what, &set, due_by).await })
+                .buffer_unordered(FAN_OUT)
+                .collect()
+                .await;
+            tidied.into_iter().collect()
+        })
+        .await
+    }
+}
+
+/// How many requests of one operation a cluster store has in flight at
+/// once when it fans out over many sessions (a user's, or a walk's).
+const FAN_OUT: usize = 32;
 
 /// The route to the node at `host:port`.
 fn at((host, port): &(String, u16)) -> SingleNodeRoutingInfo {
@@ -541,33 +655,138 @@ impl SessionInterface for RedisClusterStore {
         self.keyspace.touch(id, expires_at).await
     }
 
-    /// Returns 0 without a round trip, as the single-node store does: each
-    /// key expires (`PXAT`) when its header says, on its master and, through
+    /// Returns 0, as the single-node store does: each key expires
+    /// (`PXAT`) when its header says, on its master and, through
     /// replication, on the replicas.
+    ///
+    /// What it does is tidy this namespace's user index: it walks the user
+    /// sets on every master, checks each entry whose score has passed
+    /// against its record (on the record's master), raises the score of
+    /// those still bound to the set's user to their record's expiry, and
+    /// drops the others.
     async fn flush(&self) -> Result<u64> {
+        self.tidy_index("flush").await?;
         Ok(0)
     }
 
-    /// `UNLINK`s this namespace's keys, master by master: one pipeline of
-    /// single-key `UNLINK`s per `SCAN` batch, sent to the master that
-    /// returned the batch (a multi-key `UNLINK` would span slots, which a
-    /// cluster refuses).
+    /// Deletes this namespace's records master by master: per `SCAN`
+    /// batch, one pipeline of the delete script, one key per call (a
+    /// multi-key call would span slots, which a cluster refuses), sent to
+    /// the master that returned the batch; the records that were bound to
+    /// a user are then taken out of their users' sets. Then the user sets
+    /// are tidied as by `flush`.
     async fn clear(&self) -> Result<()> {
-        self.scan_batches("clear", |master, keys| async move {
-            let (master, keys) = (&master, &keys);
-            self.cluster
-                .run("clear", move |mut conn| async move {
-                    let mut unlink = redis::pipe();
-                    for key in keys {
-                        unlink.cmd("UNLINK").arg(key);
-                    }
-                    conn.route_pipeline(unlink, 0, keys.len(), at(master))
-                        .await
-                        .map(drop)
-                })
-                .await
+        let keyspace = &self.keyspace;
+        let lua = &keyspace.scripts.delete;
+        self.scan_batches("clear", Keys::Sessions, |master, keys| async move {
+            let replies = self
+                .script_per_key("clear", &master, lua, &keys, &[b"c"])
+                .await?;
+            let mut bound: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (key, reply) in keys.iter().zip(replies) {
+                let reply = reply.extract_error().map_err(|e| {
+                    Error::backend(Cluster::STORE, self.cluster.context("clear"), e)
+                })?;
+                let (Value::BulkString(user), Some(id)) =
+                    (reply, key.strip_prefix(keyspace.prefix.as_str()))
+                else {
+                    continue;
+                };
+                if let Ok(user) = String::from_utf8(user) {
+                    bound
+                        .entry(keyspace.user_set(&user))
+                        .or_default()
+                        .push(id.to_owned());
+                }
+            }
+            let forgotten: Vec<Result<()>> = stream::iter(bound)
+                .map(|(set, ids)| async move { keyspace.forget("clear", &set, &ids).await })
+                .buffer_unordered(FAN_OUT)
+                .collect()
+                .await;
+            forgotten.into_iter().collect()
         })
-        .await
+        .await?;
+        self.tidy_index("clear").await
+    }
+
+    /// The user's set (on its master), then every listed record on its
+    /// own master, side by side; listed are those live and bound to
+    /// exactly that user, in the set's order (by score, then id), as the
+    /// single-node store lists them. The entries of the others are dropped
+    /// if their score has passed (see [`tidy_set`](Self::tidy_set)).
+    async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let keyspace = &self.keyspace;
+        let set = &keyspace.user_set(user_key);
+        let listed = keyspace.listed("sessions_of", set, None).await?;
+        let fetched: Vec<(String, Result<Option<Vec<u8>>>)> = stream::iter(listed)
+            .map(|id| async move {
+                let fetched = match keyspace.listed_id(id.as_bytes()) {
+                    Ok(parsed) => keyspace.fetch_live(&keyspace.key(&parsed)).await,
+                    Err(_) => Ok(None),
+                };
+                (id, fetched)
+            })
+            .buffered(FAN_OUT)
+            .collect()
+            .await;
+        let (mut sessions, mut stale) = (Vec::new(), Vec::new());
+        for (id, fetched) in fetched {
+            match fetched? {
+                Some(bytes) => {
+                    let session = keyspace.decode_listed(id.as_bytes(), &bytes)?;
+                    if session.user_key() == Some(user_key) {
+                        sessions.push(session);
+                    } else {
+                        stale.push(id);
+                    }
+                }
+                None => stale.push(id),
+            }
+        }
+        keyspace.drop_due("sessions_of", set, &stale).await?;
+        Ok(sessions)
+    }
+
+    /// The user's set (on its master), then the checking delete script on
+    /// each listed record's master, side by side: a record is deleted only
+    /// if it is bound to exactly that user. The deleted ids are then taken
+    /// out of the set, and the entries of records not bound to the user
+    /// dropped if their score has passed.
+    async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        let keyspace = &self.keyspace;
+        let set = &keyspace.user_set(user_key);
+        let kept = except.map(SessionId::to_hex);
+        let listed = keyspace.listed("revoke_user", set, None).await?;
+        let checked: Vec<Result<(String, Option<SessionId>)>> = stream::iter(listed)
+            .filter(|id| std::future::ready(Some(id) != kept.as_ref()))
+            .map(|id| async move {
+                let Ok(parsed) = keyspace.listed_id(id.as_bytes()) else {
+                    return Ok((id, None));
+                };
+                let deleted = keyspace.revoke_one(&parsed, user_key).await?;
+                Ok((id, deleted.then_some(parsed)))
+            })
+            .buffered(FAN_OUT)
+            .collect()
+            .await;
+        let (mut revoked, mut gone, mut stale) = (Vec::new(), Vec::new(), Vec::new());
+        for checked in checked {
+            match checked? {
+                (id, Some(parsed)) => {
+                    revoked.push(parsed);
+                    gone.push(id);
+                }
+                (id, None) => stale.push(id),
+            }
+        }
+        keyspace.forget("revoke_user", set, &gone).await?;
+        keyspace.drop_due("revoke_user", set, &stale).await?;
+        Ok(revoked)
     }
 
     /// Counts this namespace's live records, master by master: per `SCAN`
@@ -576,42 +795,20 @@ impl SessionInterface for RedisClusterStore {
     async fn len(&self) -> Result<u64> {
         let count = AtomicU64::new(0);
         let lua = &self.keyspace.scripts.count_live;
-        self.scan_batches("len", |master, keys| {
+        self.scan_batches("len", Keys::Sessions, |master, keys| {
             let count = &count;
             async move {
-                let (master, keys) = (&master, &keys);
-                let live: u64 = self
-                    .cluster
-                    .run("len", move |mut conn| async move {
-                        let mut calls = redis::pipe();
-                        for key in keys {
-                            calls.add_command(lua.by_hash(&[key], &[]));
-                        }
-                        let mut replies = conn
-                            .route_pipeline(calls.clone(), 0, keys.len(), at(master))
-                            .await?;
-                        let unknown = |reply: &Value| {
-                            matches!(reply, Value::ServerError(e) if e.code() == "NOSCRIPT")
-                        };
-                        if replies.iter().any(unknown) {
-                            // A master that does not know the script yet (a
-                            // promoted replica): load it there, count again.
-                            let mut load = redis::cmd("SCRIPT");
-                            load.arg("LOAD").arg(lua.body());
-                            conn.route_command(load, RoutingInfo::SingleNode(at(master)))
-                                .await?;
-                            replies = conn
-                                .route_pipeline(calls, 0, keys.len(), at(master))
-                                .await?;
-                        }
-                        let mut live = 0u64;
-                        for reply in replies {
-                            let reply: u64 = redis::from_redis_value(reply.extract_error()?)?;
-                            live += reply;
-                        }
-                        Ok(live)
-                    })
-                    .await?;
+                let replies = self.script_per_key("len", &master, lua, &keys, &[]).await?;
+                let mut live = 0u64;
+                for reply in replies {
+                    let reply: u64 = reply
+                        .extract_error()
+                        .and_then(|reply| Ok(redis::from_redis_value(reply)?))
+                        .map_err(|e| {
+                            Error::backend(Cluster::STORE, self.cluster.context("len"), e)
+                        })?;
+                    live += reply;
+                }
                 count.fetch_add(live, Ordering::Relaxed);
                 Ok(())
             }

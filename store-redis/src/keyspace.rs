@@ -374,6 +374,116 @@ impl Keyspace {
         }
     }
 
+    /// Cluster: the ids `set` lists; with `due_by`, only those whose score
+    /// is at or before it (Unix ms).
+    pub(crate) async fn listed(
+        &self,
+        what: &'static str,
+        set: &str,
+        due_by: Option<i64>,
+    ) -> Result<Vec<String>> {
+        let range = match due_by {
+            Some(at) => {
+                let mut range = redis::cmd("ZRANGEBYSCORE");
+                range.arg(set).arg("-inf").arg(at);
+                range
+            }
+            None => {
+                let mut range = redis::cmd("ZRANGE");
+                range.arg(set).arg(0).arg(-1);
+                range
+            }
+        };
+        let range = &range;
+        self.transport
+            .run(what, move |mut conn| async move {
+                range.query_async(&mut conn).await
+            })
+            .await
+    }
+
+    /// Cluster: deletes the record of `id` if it is bound to exactly
+    /// `user_key` (checked in the record, on its master), waiting for
+    /// replicas as every delete does. Whether it did.
+    pub(crate) async fn revoke_one(&self, id: &SessionId, user_key: &str) -> Result<bool> {
+        let key = &self.key(id);
+        let (lua, wait) = (&self.scripts.revoke_one, self.replica_wait);
+        let user_key = user_key.as_bytes();
+        let (deleted, acked): (i64, _) = self
+            .transport
+            .run("revoke_user", move |mut conn| async move {
+                send_script(&mut conn, lua, key, &[user_key], wait).await
+            })
+            .await?;
+        self.check_replicas("revoke_user", deleted == 1, acked)?;
+        Ok(deleted == 1)
+    }
+
+    /// Cluster: takes `ids` out of `set` (their records were deleted).
+    pub(crate) async fn forget(&self, what: &'static str, set: &str, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut rem = redis::cmd("ZREM");
+        rem.arg(set).arg(ids);
+        let rem = &rem;
+        self.transport
+            .run(what, move |mut conn| async move {
+                rem.query_async::<i64>(&mut conn).await
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Cluster: drops from `set` those of `ids` whose score has passed by
+    /// its master's clock (see `DROP_DUE_LUA`). The caller found each
+    /// one's record not bound to the set's user.
+    pub(crate) async fn drop_due(
+        &self,
+        what: &'static str,
+        set: &str,
+        ids: &[String],
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let lua = &self.scripts.drop_due;
+        let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
+        let ids = &ids;
+        self.transport
+            .run(what, move |mut conn| async move {
+                lua.run::<_, i64>(&mut conn, &[set], ids).await
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Cluster: raises the scores of `entries` (id, the record's expiry)
+    /// in `set` to their records' expiries, for entries still there, so
+    /// that the next `flush` passes them over until then.
+    pub(crate) async fn raise(
+        &self,
+        what: &'static str,
+        set: &str,
+        entries: &[(String, i64)],
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut add = redis::cmd("ZADD");
+        add.arg(set).arg("XX").arg("GT");
+        for (id, at) in entries {
+            add.arg(*at).arg(id);
+        }
+        let add = &add;
+        self.transport
+            .run(what, move |mut conn| async move {
+                add.query_async::<i64>(&mut conn).await
+            })
+            .await
+            .map(drop)
+    }
+
     pub(crate) async fn set(&self, session: &Session) -> Result<()> {
         let id = session.id();
         storable_version(id, session.version())?;
