@@ -4,14 +4,15 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use server_session::conformance::StoreFactory;
 use server_session::mysql::sqlx;
 use server_session::{
     async_trait, codec, conformance_tests, DeleteOutcome, Error, MysqlConfig, MysqlStore, Session,
-    SessionInterface, SessionToken, UpdateOutcome,
+    SessionInterface, SessionToken, UpdateOutcome, UserBinding,
 };
 
 fn mysql_url() -> String {
@@ -19,9 +20,14 @@ fn mysql_url() -> String {
 }
 
 async fn fresh_store() -> Option<MysqlStore> {
+    store_named(common::unique("t_")).await
+}
+
+/// A migrated store on `table`.
+async fn store_named(table: String) -> Option<MysqlStore> {
     let url = mysql_url();
     let config = MysqlConfig {
-        table: common::unique("t_"),
+        table,
         pool_size: 4,
         ..MysqlConfig::new(url.clone())
     };
@@ -36,18 +42,50 @@ async fn fresh_store() -> Option<MysqlStore> {
     Some(store)
 }
 
-/// Makes a table per store and drops them all after the case.
+/// Makes a table per store and drops them all after the case; each
+/// store's table is remembered by the address of its `Arc`, so that
+/// `make_nested` can make a table named after one it made.
 #[derive(Default)]
 struct Mysql {
     made: common::Made<Arc<MysqlStore>>,
+    tables: Mutex<Vec<(usize, String)>>,
+}
+
+fn address<T: ?Sized>(store: &Arc<T>) -> usize {
+    Arc::as_ptr(store) as *const () as usize
+}
+
+impl Mysql {
+    fn keep(&self, store: MysqlStore) -> Arc<dyn SessionInterface> {
+        let store = Arc::new(store);
+        self.made.keep(store.clone());
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.push((address(&store), store.table().to_owned()));
+        }
+        store
+    }
 }
 
 #[async_trait]
 impl StoreFactory for Mysql {
     async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
-        let store = Arc::new(fresh_store().await?);
-        self.made.keep(store.clone());
-        Some(store)
+        Some(self.keep(fresh_store().await?))
+    }
+
+    /// A table in the same database whose name starts with the outer
+    /// table's and is its user index's name (`user_key`) after a `_`.
+    async fn make_nested(
+        &self,
+        outer: &Arc<dyn SessionInterface>,
+    ) -> Option<Arc<dyn SessionInterface>> {
+        let outer = self
+            .tables
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(at, _)| *at == address(outer))
+            .map(|(_, table)| table.clone())?;
+        Some(self.keep(store_named(format!("{outer}_user_key")).await?))
     }
 
     async fn cleanup(&self, _store: Arc<dyn SessionInterface>) {
@@ -61,13 +99,14 @@ impl StoreFactory for Mysql {
 
 conformance_tests!(Mysql::default());
 
-async fn applied(store: &MysqlStore) -> i64 {
+/// The versions recorded for the store's table, in order, repeats included.
+async fn applied(store: &MysqlStore) -> Vec<i64> {
     sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM `{}` WHERE table_name = ?",
+        "SELECT version FROM `{}` WHERE table_name = ? ORDER BY version",
         server_session::mysql::MIGRATIONS_TABLE
     ))
     .bind(store.table())
-    .fetch_one(store.pool())
+    .fetch_all(store.pool())
     .await
     .unwrap()
 }
@@ -82,7 +121,7 @@ async fn migrate_is_idempotent_and_safe_in_parallel() {
     a.unwrap();
     b.unwrap();
     store.migrate().await.unwrap();
-    assert_eq!(applied(&store).await, 1, "a migration step ran twice");
+    assert_eq!(applied(&store).await, [1, 2], "a migration step ran twice");
 
     // A table the migrations have never seen, migrated by two stores at
     // once: one creates it, the other finds it done.
@@ -91,15 +130,15 @@ async fn migrate_is_idempotent_and_safe_in_parallel() {
     let (a, b) = tokio::join!(fresh.migrate(), fresh_twin.migrate());
     a.unwrap();
     b.unwrap();
-    assert_eq!(applied(&fresh).await, 1, "a migration step ran twice");
+    assert_eq!(applied(&fresh).await, [1, 2], "a migration step ran twice");
     let s = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
     fresh.create(&s).await.unwrap();
     assert!(fresh.exists(&s.id()).await.unwrap());
 
     // Dropping one table forgets its record and nothing else.
     fresh.drop_table().await.unwrap();
-    assert_eq!(applied(&fresh).await, 0);
-    assert_eq!(applied(&store).await, 1);
+    assert_eq!(applied(&fresh).await, [0i64; 0]);
+    assert_eq!(applied(&store).await, [1, 2]);
     store.drop_table().await.unwrap();
 }
 
@@ -493,11 +532,11 @@ async fn tables_named_alike_but_for_case_migrate_separately() {
             !store.exists(&s.id()).await.unwrap(),
             "one table for two names"
         );
-        assert_eq!(applied(&upper).await, 1);
+        assert_eq!(applied(&upper).await, [1, 2]);
         upper.drop_table().await.unwrap();
         assert_eq!(
             applied(&store).await,
-            1,
+            [1, 2],
             "dropping {} forgot {}",
             upper.table(),
             store.table()
@@ -505,5 +544,207 @@ async fn tables_named_alike_but_for_case_migrate_separately() {
     } else {
         upper.drop_table().await.unwrap();
     }
+    store.drop_table().await.unwrap();
+}
+
+/// A live session bound to `user`.
+fn bound(user: &str) -> Session {
+    let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    s.set_user(Some(UserBinding::new(user, BTreeMap::new()).unwrap()));
+    s
+}
+
+async fn ids_of(store: &MysqlStore, user: &str) -> BTreeSet<server_session::SessionId> {
+    store
+        .sessions_of(user)
+        .await
+        .unwrap()
+        .iter()
+        .map(Session::id)
+        .collect()
+}
+
+/// A table the previous version left (migration 1 recorded, no `user_key`
+/// column), with a session in it, migrated by two stores at once: the user
+/// index is added once, the old session still loads and saves, and
+/// sessions bound from now on are indexed.
+#[tokio::test]
+async fn a_table_of_the_previous_schema_gains_the_user_index_and_keeps_its_sessions() {
+    let Some(probe) = fresh_store().await else {
+        return;
+    };
+    probe.drop_table().await.unwrap();
+    let t = probe.table().to_owned();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO `{m}` (table_name, version, applied_at) VALUES ('{t}', 1, 0);
+         CREATE TABLE `{t}` (id BINARY(32) NOT NULL PRIMARY KEY, record LONGBLOB NOT NULL,
+             expires_at BIGINT NOT NULL, version BIGINT NOT NULL,
+             INDEX expires_at (expires_at)) ENGINE = InnoDB;",
+        m = server_session::mysql::MIGRATIONS_TABLE
+    ))
+    .execute(probe.pool())
+    .await
+    .unwrap();
+    let mut old = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    old.insert("cart", &3u8).unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO `{t}` (id, record, expires_at, version) VALUES (?, ?, ?, 1)"
+    ))
+    .bind(&old.id().as_bytes()[..])
+    .bind(codec::encode(&old, 1).unwrap())
+    .bind(old.expires_at_millis())
+    .execute(probe.pool())
+    .await
+    .unwrap();
+
+    let a = MysqlStore::new(probe.pool().clone(), &t).unwrap();
+    let b = MysqlStore::new(probe.pool().clone(), &t).unwrap();
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    a.migrate().await.unwrap();
+    assert_eq!(applied(&a).await, [1, 2]);
+
+    let back = a.get(&old.id()).await.unwrap().expect("the old session");
+    assert_eq!(back.get::<u8>("cart").unwrap(), Some(3));
+    assert_eq!(back.user_key(), None);
+    let mut login = back.clone();
+    login.set_user(Some(UserBinding::new("ada", BTreeMap::new()).unwrap()));
+    assert_eq!(
+        b.update(&login, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    let fresh = bound("ada");
+    b.create(&fresh).await.unwrap();
+    assert_eq!(
+        ids_of(&a, "ada").await,
+        BTreeSet::from([old.id(), fresh.id()])
+    );
+    let indexed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.statistics
+         WHERE table_schema = DATABASE() AND table_name = ? AND index_name = 'user_key'
+         AND column_name = 'user_key'",
+    )
+    .bind(&t)
+    .fetch_one(a.pool())
+    .await
+    .unwrap();
+    assert_eq!(indexed, 1, "the user index is missing");
+    assert_eq!(
+        a.revoke_user("ada", Some(&fresh.id())).await.unwrap(),
+        [old.id()]
+    );
+    assert!(a.get(&old.id()).await.unwrap().is_none());
+    assert_eq!(ids_of(&b, "ada").await, BTreeSet::from([fresh.id()]));
+    a.drop_table().await.unwrap();
+}
+
+/// MySQL DDL is not transactional: a process that died after a step of
+/// migration 2 but before its record left the column (or the column and
+/// the index) in place. The next migration finishes the step instead of
+/// failing on what is there.
+#[tokio::test]
+async fn a_half_applied_user_index_migration_is_finished() {
+    for (done, label) in [
+        ("ALTER TABLE {t} ADD COLUMN user_key VARBINARY(256) NULL", "column"),
+        (
+            "ALTER TABLE {t} ADD COLUMN user_key VARBINARY(256) NULL, ADD INDEX user_key (user_key)",
+            "column and index",
+        ),
+    ] {
+        let Some(store) = fresh_store().await else {
+            return;
+        };
+        let t = format!("`{}`", store.table());
+        sqlx::raw_sql(&format!(
+            "DELETE FROM `{m}` WHERE table_name = '{name}' AND version = 2;
+             ALTER TABLE {t} DROP INDEX user_key, DROP COLUMN user_key;
+             {done};",
+            m = server_session::mysql::MIGRATIONS_TABLE,
+            name = store.table(),
+            done = done.replace("{t}", &t)
+        ))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(applied(&store).await, [1], "{label}");
+        store.migrate().await.unwrap();
+        assert_eq!(applied(&store).await, [1, 2], "{label}");
+        let s = bound("ada");
+        store.create(&s).await.unwrap();
+        assert_eq!(ids_of(&store, "ada").await, BTreeSet::from([s.id()]), "{label}");
+        store.drop_table().await.unwrap();
+    }
+}
+
+/// Keys compare byte for byte, whatever MySQL's string comparison rules
+/// (case-insensitive collations, trailing spaces padded away, canonically
+/// equivalent characters), and the longest keys (256 bytes) fit.
+#[tokio::test]
+async fn user_keys_compare_byte_for_byte() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let (longest, longest_wide) = ("a".repeat(256), "ä".repeat(128));
+    let keys = [
+        "ada",
+        "Ada",
+        "ada ",
+        "ada  ",
+        "ada\u{a0}",
+        "äda",
+        "a\u{308}da",
+        "ADA",
+        &longest,
+        &longest_wide,
+    ];
+    let mut made = Vec::new();
+    for key in keys {
+        let s = bound(key);
+        store.create(&s).await.unwrap();
+        made.push((key, s.id()));
+    }
+    for (key, id) in &made {
+        assert_eq!(ids_of(&store, key).await, BTreeSet::from([*id]), "{key:?}");
+    }
+    for (key, id) in made {
+        assert_eq!(store.revoke_user(key, None).await.unwrap(), [id], "{key:?}");
+    }
+    store.drop_table().await.unwrap();
+}
+
+/// `revoke_user` locks the rows it found and deletes exactly those: a row
+/// rebound to another user by a concurrent writer is spared and not
+/// reported, a row saved under the same user is deleted.
+#[tokio::test]
+async fn revoke_judges_the_rows_a_concurrent_writer_left() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let (rebound, saved) = (bound("ada"), bound("ada"));
+    store.create(&rebound).await.unwrap();
+    store.create(&saved).await.unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    for (s, user) in [(&rebound, "bob"), (&saved, "ada")] {
+        sqlx::query(&format!(
+            "UPDATE `{}` SET user_key = ?, version = version + 1 WHERE id = ?",
+            store.table()
+        ))
+        .bind(user.as_bytes())
+        .bind(&s.id().as_bytes()[..])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    let revoking = tokio::spawn({
+        let store = store.clone();
+        async move { store.revoke_user("ada", None).await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    assert_eq!(revoking.await.unwrap().unwrap(), [saved.id()]);
+    assert!(store.exists(&rebound.id()).await.unwrap());
+    assert!(!store.exists(&saved.id()).await.unwrap());
     store.drop_table().await.unwrap();
 }

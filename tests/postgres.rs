@@ -4,23 +4,29 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use server_session::conformance::StoreFactory;
 use server_session::postgres::sqlx;
 use server_session::{
     async_trait, codec, conformance_tests, DeleteOutcome, Error, PostgresConfig, PostgresStore,
-    Session, SessionInterface, SessionToken,
+    Session, SessionInterface, SessionToken, UpdateOutcome, UserBinding,
 };
 
 const SCHEMA: &str = "session_tests";
 
 async fn fresh_store() -> Option<PostgresStore> {
+    store_named(common::unique("t_")).await
+}
+
+/// A migrated store on `table` in [`SCHEMA`].
+async fn store_named(table: String) -> Option<PostgresStore> {
     let url = common::database_url();
     let config = PostgresConfig {
         schema: Some(SCHEMA.into()),
-        table: common::unique("t_"),
+        table,
         pool_size: 4,
         ..PostgresConfig::new(url.clone())
     };
@@ -35,18 +41,54 @@ async fn fresh_store() -> Option<PostgresStore> {
     Some(store)
 }
 
-/// Makes a table per store and drops them all after the case.
+/// Makes a table per store and drops them all after the case; each
+/// store's table is remembered by the address of its `Arc`, so that
+/// `make_nested` can make a table named after one it made.
 #[derive(Default)]
 struct Postgres {
     made: common::Made<Arc<PostgresStore>>,
+    tables: Mutex<Vec<(usize, String)>>,
+}
+
+fn address<T: ?Sized>(store: &Arc<T>) -> usize {
+    Arc::as_ptr(store) as *const () as usize
+}
+
+impl Postgres {
+    fn keep(&self, store: PostgresStore, table: String) -> Arc<dyn SessionInterface> {
+        let store = Arc::new(store);
+        self.made.keep(store.clone());
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.push((address(&store), table));
+        }
+        store
+    }
 }
 
 #[async_trait]
 impl StoreFactory for Postgres {
     async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
-        let store = Arc::new(fresh_store().await?);
-        self.made.keep(store.clone());
-        Some(store)
+        let table = common::unique("t_");
+        let store = store_named(table.clone()).await?;
+        Some(self.keep(store, table))
+    }
+
+    /// A table in the same schema whose name starts with the outer table's
+    /// and ends like its user index's name (`<table>$user_key`).
+    async fn make_nested(
+        &self,
+        outer: &Arc<dyn SessionInterface>,
+    ) -> Option<Arc<dyn SessionInterface>> {
+        let outer = self
+            .tables
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(at, _)| *at == address(outer))
+            .map(|(_, table)| table.clone())?;
+        let table = format!("{outer}_user_key");
+        let store = store_named(table.clone()).await?;
+        Some(self.keep(store, table))
     }
 
     async fn cleanup(&self, _store: Arc<dyn SessionInterface>) {
@@ -74,16 +116,24 @@ async fn migrate_is_idempotent_and_safe_in_parallel() {
     let (a, b) = tokio::join!(store.migrate(), twin.migrate());
     a.unwrap();
     b.unwrap();
-    let applied: i64 = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM {SCHEMA}.\"{}\" WHERE table_name = $1",
+    assert_eq!(
+        recorded(&store).await,
+        [1, 2],
+        "a migration step ran twice, or not at all"
+    );
+    store.drop_table().await.unwrap();
+}
+
+/// The versions recorded for the store's table, in order, repeats included.
+async fn recorded(store: &PostgresStore) -> Vec<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT version FROM {SCHEMA}.\"{}\" WHERE table_name = $1 ORDER BY version",
         server_session::postgres::MIGRATIONS_TABLE
     ))
-    .bind(twin.table().split('.').nth(1).unwrap())
-    .fetch_one(store.pool())
+    .bind(store.table().split('.').nth(1).unwrap())
+    .fetch_all(store.pool())
     .await
-    .unwrap();
-    assert_eq!(applied, 1, "a migration step ran twice");
-    store.drop_table().await.unwrap();
+    .unwrap()
 }
 
 #[tokio::test]
@@ -358,4 +408,177 @@ async fn delete_if_judges_the_row_a_concurrent_writer_left() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A live session bound to `user`.
+fn bound(user: &str) -> Session {
+    let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    s.set_user(Some(UserBinding::new(user, BTreeMap::new()).unwrap()));
+    s
+}
+
+async fn ids_of(store: &PostgresStore, user: &str) -> BTreeSet<server_session::SessionId> {
+    store
+        .sessions_of(user)
+        .await
+        .unwrap()
+        .iter()
+        .map(Session::id)
+        .collect()
+}
+
+/// A table the previous version left (migration 1 recorded, no `user_key`
+/// column), with a session in it, migrated by two stores at once: the user
+/// index is added once, the old session still loads and saves, and
+/// sessions bound from now on are indexed.
+#[tokio::test]
+async fn a_table_of_the_previous_schema_gains_the_user_index_and_keeps_its_sessions() {
+    let Some(probe) = fresh_store().await else {
+        return;
+    };
+    probe.drop_table().await.unwrap();
+    let name = probe.table().split('.').nth(1).unwrap().to_owned();
+    let t = probe.table().to_owned();
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE IF NOT EXISTS {SCHEMA}.\"{m}\" (table_name text NOT NULL,
+             version bigint NOT NULL, applied_at bigint NOT NULL,
+             PRIMARY KEY (table_name, version));
+         INSERT INTO {SCHEMA}.\"{m}\" VALUES ('{name}', 1, 0);
+         CREATE TABLE {t} (id bytea PRIMARY KEY, record bytea NOT NULL,
+             expires_at bigint NOT NULL, version bigint NOT NULL) WITH (fillfactor = 70);
+         CREATE INDEX \"{name}$expires_at\" ON {t} (expires_at);",
+        m = server_session::postgres::MIGRATIONS_TABLE
+    ))
+    .execute(probe.pool())
+    .await
+    .unwrap();
+    let mut old = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    old.insert("cart", &3u8).unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, 1)"
+    ))
+    .bind(&old.id().as_bytes()[..])
+    .bind(codec::encode(&old, 1).unwrap())
+    .bind(old.expires_at_millis())
+    .execute(probe.pool())
+    .await
+    .unwrap();
+
+    let a = PostgresStore::new(probe.pool().clone(), Some(SCHEMA), &name).unwrap();
+    let b = PostgresStore::new(probe.pool().clone(), Some(SCHEMA), &name).unwrap();
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    a.migrate().await.unwrap();
+    assert_eq!(recorded(&a).await, [1, 2]);
+
+    let back = a.get(&old.id()).await.unwrap().expect("the old session");
+    assert_eq!(back.get::<u8>("cart").unwrap(), Some(3));
+    assert_eq!(back.user_key(), None);
+    let mut login = back.clone();
+    login.set_user(Some(UserBinding::new("ada", BTreeMap::new()).unwrap()));
+    assert_eq!(
+        b.update(&login, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    let fresh = bound("ada");
+    b.create(&fresh).await.unwrap();
+    assert_eq!(
+        ids_of(&a, "ada").await,
+        BTreeSet::from([old.id(), fresh.id()])
+    );
+    let index: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+    )
+    .bind(SCHEMA)
+    .bind(format!("{name}$user_key"))
+    .fetch_optional(a.pool())
+    .await
+    .unwrap();
+    let index = index.expect("the user index exists");
+    assert!(index.contains("(user_key)"), "{index}");
+    assert_eq!(
+        a.revoke_user("ada", Some(&fresh.id())).await.unwrap(),
+        [old.id()]
+    );
+    assert!(a.get(&old.id()).await.unwrap().is_none());
+    assert_eq!(ids_of(&b, "ada").await, BTreeSet::from([fresh.id()]));
+    a.drop_table().await.unwrap();
+}
+
+/// Rows written behind the store's back under a user's key (a record that
+/// does not decode, one bound to another user, an id of the wrong length)
+/// are skipped by `sessions_of`, never an error or a panic.
+#[tokio::test]
+async fn sessions_of_skips_rows_it_cannot_trust() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let good = bound("ada");
+    store.create(&good).await.unwrap();
+    let rows: [(Vec<u8>, Vec<u8>); 3] = [
+        (
+            SessionToken::generate().id().as_bytes().to_vec(),
+            b"garbage".to_vec(),
+        ),
+        (
+            SessionToken::generate().id().as_bytes().to_vec(),
+            codec::encode(&bound("bob"), 1).unwrap(),
+        ),
+        (vec![7u8; 5], codec::encode(&good, 1).unwrap()),
+    ];
+    for (id, record) in &rows {
+        sqlx::query(&format!(
+            "INSERT INTO {} (id, record, expires_at, version, user_key)
+             VALUES ($1, $2, $3, 1, 'ada')",
+            store.table()
+        ))
+        .bind(&id[..])
+        .bind(&record[..])
+        .bind(server_session::now_millis() + 60_000)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    assert_eq!(ids_of(&store, "ada").await, BTreeSet::from([good.id()]));
+    let revoked = store.revoke_user("ada", None).await.unwrap();
+    assert!(revoked.contains(&good.id()), "{revoked:?}");
+    assert!(store.sessions_of("ada").await.unwrap().is_empty());
+    store.drop_table().await.unwrap();
+}
+
+/// `revoke_user` waits for a concurrent writer of a user's row and acts on
+/// what that writer left: a row rebound to another user meanwhile is
+/// spared and not reported, a row saved under the same user is deleted.
+#[tokio::test]
+async fn revoke_judges_the_rows_a_concurrent_writer_left() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let (rebound, saved) = (bound("ada"), bound("ada"));
+    store.create(&rebound).await.unwrap();
+    store.create(&saved).await.unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    for (s, user) in [(&rebound, "bob"), (&saved, "ada")] {
+        sqlx::query(&format!(
+            "UPDATE {} SET user_key = $2, version = version + 1 WHERE id = $1",
+            store.table()
+        ))
+        .bind(&s.id().as_bytes()[..])
+        .bind(user)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    let revoking = tokio::spawn({
+        let store = store.clone();
+        async move { store.revoke_user("ada", None).await }
+    });
+    until_blocked(&store).await;
+    tx.commit().await.unwrap();
+    assert_eq!(revoking.await.unwrap().unwrap(), [saved.id()]);
+    assert!(store.exists(&rebound.id()).await.unwrap());
+    assert!(!store.exists(&saved.id()).await.unwrap());
+    store.drop_table().await.unwrap();
 }

@@ -414,8 +414,11 @@ mod postgres {
             return;
         };
         let t = store.table().to_owned();
+        // Under the migrations' lock: a store migrating meanwhile may be
+        // creating the schema too.
         sqlx::raw_sql(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+            "SELECT pg_advisory_xact_lock(hashtext('session-store migrate'));
+             CREATE SCHEMA IF NOT EXISTS {SCHEMA};
              CREATE TABLE {t}_migrations (version bigint PRIMARY KEY, applied_at bigint NOT NULL);
              INSERT INTO {t}_migrations VALUES (1, 0);
              CREATE TABLE {t} (id bytea PRIMARY KEY, record bytea NOT NULL,
@@ -425,8 +428,16 @@ mod postgres {
         .execute(store.pool())
         .await
         .unwrap();
+        // Written as the earlier version wrote it (no `user_key` column yet).
         let s = session(60_000);
-        store.create(&s).await.unwrap();
+        raw_row(
+            &store,
+            &s.id().as_bytes()[..],
+            &codec::encode(&s, 1).unwrap(),
+            s.expires_at_millis(),
+            1,
+        )
+        .await;
         store.migrate().await.unwrap();
         store.migrate().await.unwrap();
         assert!(store.get(&s.id()).await.unwrap().is_some(), "session lost");
@@ -453,7 +464,7 @@ mod postgres {
         .fetch_all(store.pool())
         .await
         .unwrap();
-        assert_eq!(recorded, [1]);
+        assert_eq!(recorded, [1, 2]);
         // The freed name is now free for a store of its own.
         let Some(other) = store_named(Some(SCHEMA), format!("{base}_migrations")).await else {
             return;
@@ -743,8 +754,15 @@ mod sqlite {
         .execute(&mut conn)
         .await
         .unwrap();
+        // Written as the earlier version wrote it (no `user_key` column yet).
         let s = session(60_000);
-        store.create(&s).await.unwrap();
+        sqlx::query("INSERT INTO Sess (id, record, expires_at, version) VALUES (?1, ?2, ?3, 1)")
+            .bind(&s.id().as_bytes()[..])
+            .bind(codec::encode(&s, 1).unwrap())
+            .bind(s.expires_at_millis())
+            .execute(&mut conn)
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         store.migrate().await.unwrap();
         assert!(store.get(&s.id()).await.unwrap().is_some(), "session lost");
@@ -763,6 +781,7 @@ mod sqlite {
             [
                 ("table", "Sess"),
                 ("index", "sess$expires_at"),
+                ("index", "sess$user_key"),
                 ("table", MIGRATIONS_TABLE)
             ]
         );
@@ -772,7 +791,7 @@ mod sqlite {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-        assert_eq!(recorded, [("sess".to_owned(), 1)]);
+        assert_eq!(recorded, [("sess".to_owned(), 1), ("sess".to_owned(), 2)]);
         for other in ["sess_migrations", "sess_expires_at"] {
             let store = open(&dir, other).await;
             store.create(&session(60_000)).await.unwrap();

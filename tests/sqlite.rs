@@ -1,17 +1,21 @@
-//! The SQLite store: the conformance suite on private in-memory databases,
-//! and the file-backed behaviour (WAL, migrations, corrupt rows).
+//! The SQLite store: the conformance suite on database files (so that a
+//! store can nest in another's file: a private in-memory database has one
+//! store), `sqlite::memory:`, and the file-backed behaviour (WAL,
+//! migrations, corrupt rows, the user index).
 #![cfg(feature = "sqlite")]
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use server_session::conformance::factory;
+use server_session::conformance::{factory, StoreFactory};
 use server_session::sqlite::sqlx;
 use server_session::{
-    codec, conformance_tests, Error, Session, SessionInterface, SessionToken, SqliteConfig,
-    SqliteStore, UpdateOutcome,
+    async_trait, codec, conformance_tests, Error, Session, SessionInterface, SessionToken,
+    SqliteConfig, SqliteStore, UpdateOutcome, UserBinding,
 };
 
 async fn memory_store() -> SqliteStore {
@@ -22,9 +26,86 @@ async fn memory_store() -> SqliteStore {
     store
 }
 
-conformance_tests!(factory(|| async {
-    Some(Arc::new(memory_store().await) as Arc<dyn SessionInterface>)
-}));
+/// A database file per store, in a directory removed after the case; each
+/// store's file and table are remembered by the address of its `Arc`, so
+/// that `make_nested` can open another table in the same file.
+#[derive(Default)]
+struct Files {
+    dirs: common::Made<PathBuf>,
+    tables: Mutex<Vec<(usize, String, String)>>,
+}
+
+fn address(store: &Arc<dyn SessionInterface>) -> usize {
+    Arc::as_ptr(store) as *const () as usize
+}
+
+impl Files {
+    async fn open(&self, url: String, table: String) -> Option<Arc<dyn SessionInterface>> {
+        let store = SqliteStore::connect_with(SqliteConfig {
+            table: table.clone(),
+            ..SqliteConfig::new(url.clone())
+        })
+        .await
+        .expect("sqlite file");
+        store.migrate().await.expect("migrate");
+        let store: Arc<dyn SessionInterface> = Arc::new(store);
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.push((address(&store), url, table));
+        }
+        Some(store)
+    }
+}
+
+#[async_trait]
+impl StoreFactory for Files {
+    async fn make(&self) -> Option<Arc<dyn SessionInterface>> {
+        let (dir, url) = temp_db("sessions.db");
+        self.dirs.keep(dir);
+        self.open(url, "sessions".into()).await
+    }
+
+    /// A table in the outer store's file whose name starts with the outer
+    /// table's and ends like its user index's name (`sessions$user_key`).
+    async fn make_nested(
+        &self,
+        outer: &Arc<dyn SessionInterface>,
+    ) -> Option<Arc<dyn SessionInterface>> {
+        let (url, table) = self
+            .tables
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(at, ..)| *at == address(outer))
+            .map(|(_, url, table)| (url.clone(), table.clone()))?;
+        self.open(url, format!("{table}_user_key")).await
+    }
+
+    async fn cleanup(&self, _store: Arc<dyn SessionInterface>) {
+        for dir in self.dirs.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+conformance_tests!(Files::default());
+
+/// `sqlite::memory:`, where reads share the writer's one connection, passes
+/// the conformance suite; only the cases that need a store nested in the
+/// same database are skipped (a private in-memory database has one store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_database_passes_the_conformance_suite() {
+    let report = server_session::conformance::run_all(Arc::new(factory(|| async {
+        Some(Arc::new(memory_store().await) as Arc<dyn SessionInterface>)
+    })))
+    .await;
+    assert!(report.failed.is_empty(), "{:#?}", report.failed);
+    assert!(
+        report.skipped.iter().all(|case| case.contains("nested")),
+        "{:?}",
+        report.skipped
+    );
+    assert!(report.passed.contains(&"user_index_revoke_racing_saves"));
+}
 
 fn temp_db(name: &str) -> (std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(common::unique("session-sqlite-"));
@@ -67,15 +148,24 @@ async fn migrate_is_idempotent_and_safe_in_parallel() {
     ra.unwrap();
     rb.unwrap();
     a.migrate().await.unwrap();
-    let applied: i64 = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM \"{}\" WHERE table_name = 'sessions'",
+    assert_eq!(
+        recorded(&url, "sessions").await,
+        [1, 2],
+        "a migration step ran twice, or not at all"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The versions recorded for `table`, in order, repeats included.
+async fn recorded(url: &str, table: &str) -> Vec<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT version FROM \"{}\" WHERE table_name = ?1 ORDER BY version",
         server_session::sqlite::MIGRATIONS_TABLE
     ))
-    .fetch_one(&sqlx::SqlitePool::connect(&url).await.unwrap())
+    .bind(table)
+    .fetch_all(&sqlx::SqlitePool::connect(url).await.unwrap())
     .await
-    .unwrap();
-    assert_eq!(applied, 1, "a migration step ran twice");
-    std::fs::remove_dir_all(dir).ok();
+    .unwrap()
 }
 
 #[tokio::test]
@@ -279,5 +369,160 @@ async fn clear_and_flush_finish_beside_other_writers() {
         .await
         .unwrap();
     assert_eq!(left, 0, "clear returned with rows left");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A live session bound to `user`.
+fn bound(user: &str) -> Session {
+    let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    s.set_user(Some(UserBinding::new(user, BTreeMap::new()).unwrap()));
+    s
+}
+
+async fn ids_of(
+    store: &SqliteStore,
+    user: &str,
+) -> std::collections::BTreeSet<server_session::SessionId> {
+    store
+        .sessions_of(user)
+        .await
+        .unwrap()
+        .iter()
+        .map(Session::id)
+        .collect()
+}
+
+/// A database the previous version left (migration 1 recorded, no
+/// `user_key` column), with a session in it, opened by this version: two
+/// stores migrating it at once add the user index once, the old session
+/// still loads and saves, and sessions bound from now on are indexed.
+#[tokio::test]
+async fn a_table_of_the_previous_schema_gains_the_user_index_and_keeps_its_sessions() {
+    let (dir, url) = temp_db("previous.db");
+    // Opening creates the file; migrating comes later.
+    let a = SqliteStore::connect(&url).await.unwrap();
+    let b = SqliteStore::connect(&url).await.unwrap();
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE \"{m}\" (table_name TEXT NOT NULL, version INTEGER NOT NULL,
+             applied_at INTEGER NOT NULL, PRIMARY KEY (table_name, version)) WITHOUT ROWID;
+         INSERT INTO \"{m}\" VALUES ('sessions', 1, 0);
+         CREATE TABLE sessions (id BLOB PRIMARY KEY NOT NULL, record BLOB NOT NULL,
+             expires_at INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE INDEX \"sessions$expires_at\" ON sessions (expires_at);",
+        m = server_session::sqlite::MIGRATIONS_TABLE
+    ))
+    .execute(&raw)
+    .await
+    .unwrap();
+    let mut old = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    old.insert("cart", &3u8).unwrap();
+    sqlx::query("INSERT INTO sessions (id, record, expires_at, version) VALUES (?1, ?2, ?3, 1)")
+        .bind(&old.id().as_bytes()[..])
+        .bind(codec::encode(&old, 1).unwrap())
+        .bind(old.expires_at_millis())
+        .execute(&raw)
+        .await
+        .unwrap();
+
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    a.migrate().await.unwrap();
+    assert_eq!(recorded(&url, "sessions").await, [1, 2]);
+
+    let back = a.get(&old.id()).await.unwrap().expect("the old session");
+    assert_eq!(back.get::<u8>("cart").unwrap(), Some(3));
+    assert_eq!(back.user_key(), None);
+    // A login on the old session binds it; a new login is indexed too.
+    let mut login = back.clone();
+    login.set_user(Some(UserBinding::new("ada", BTreeMap::new()).unwrap()));
+    assert_eq!(
+        b.update(&login, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    let fresh = bound("ada");
+    b.create(&fresh).await.unwrap();
+    assert_eq!(
+        ids_of(&a, "ada").await,
+        [old.id(), fresh.id()].into_iter().collect()
+    );
+    let column: Option<String> = sqlx::query_scalar("SELECT user_key FROM sessions WHERE id = ?1")
+        .bind(&old.id().as_bytes()[..])
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(column.as_deref(), Some("ada"));
+    // The lookup goes through the user index.
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT id, record, expires_at, version FROM sessions
+         WHERE user_key = ?1 AND expires_at > ?2",
+    )
+    .bind("ada")
+    .bind(0i64)
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter()
+            .any(|(.., detail)| detail.contains("sessions$user_key")),
+        "{plan:?}"
+    );
+    assert_eq!(
+        a.revoke_user("ada", Some(&fresh.id())).await.unwrap(),
+        [old.id()]
+    );
+    assert!(a.get(&old.id()).await.unwrap().is_none());
+    assert_eq!(ids_of(&b, "ada").await, [fresh.id()].into_iter().collect());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Rows written behind the store's back under a user's key (a record that
+/// does not decode, one bound to another user, an id of the wrong length)
+/// are skipped by `sessions_of`, never an error or a panic: the user's
+/// good sessions are still listed, and `revoke_user` still works.
+#[tokio::test]
+async fn sessions_of_skips_rows_it_cannot_trust() {
+    let (dir, url) = temp_db("bad.db");
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let good = bound("ada");
+    store.create(&good).await.unwrap();
+    let bob = bound("bob");
+    let rows: [(Vec<u8>, Vec<u8>); 4] = [
+        (
+            SessionToken::generate().id().as_bytes().to_vec(),
+            b"garbage".to_vec(),
+        ),
+        (
+            SessionToken::generate().id().as_bytes().to_vec(),
+            Vec::new(),
+        ),
+        (
+            SessionToken::generate().id().as_bytes().to_vec(),
+            codec::encode(&bob, 1).unwrap(),
+        ),
+        (vec![7u8; 5], codec::encode(&good, 1).unwrap()),
+    ];
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    for (id, record) in &rows {
+        sqlx::query(
+            "INSERT INTO sessions (id, record, expires_at, version, user_key)
+             VALUES (?1, ?2, ?3, 1, 'ada')",
+        )
+        .bind(&id[..])
+        .bind(&record[..])
+        .bind(server_session::now_millis() + 60_000)
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        ids_of(&store, "ada").await,
+        [good.id()].into_iter().collect()
+    );
+    let revoked = store.revoke_user("ada", None).await.unwrap();
+    assert!(revoked.contains(&good.id()), "{revoked:?}");
+    assert!(store.sessions_of("ada").await.unwrap().is_empty());
     std::fs::remove_dir_all(dir).ok();
 }

@@ -76,7 +76,9 @@ use session_store_sql::{
     check_table_name, lazy_pool, session_interface, Batches, Clock, Connections, Dialect, Judged,
     MigrationStatements, Migrations, Setup, SqlStore, Statements, Update, DELETE_BATCH,
 };
-use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlPool, MySqlQueryResult};
+use sqlx::mysql::{
+    MySqlArguments, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlQueryResult,
+};
 use sqlx::query::Query;
 use sqlx::MySql;
 
@@ -98,22 +100,61 @@ const MIGRATE_LOCK: &str = "session-store migrate";
 
 /// Versioned DDL: each step runs once, in order, recorded in
 /// [`MIGRATIONS_TABLE`]. `{t}` is the quoted table. MySQL DDL is not
-/// transactional, so each step is idempotent by itself (`IF NOT EXISTS`)
-/// in case a process dies between a step and its record.
-const MIGRATIONS: Migrations = &[(
-    1,
-    &["CREATE TABLE IF NOT EXISTS {t} (
+/// transactional, so each statement is idempotent by itself in case a
+/// process dies between a step and its record: `IF NOT EXISTS`, or (for
+/// `ADD COLUMN` and `CREATE INDEX`, which have no such clause in MySQL) an
+/// error saying the column or index exists counts as done
+/// ([`Dialect::already_applied`]).
+///
+/// Step 2 adds the user index, as two statements so that each takes the
+/// cheapest algorithm the server has: adding a nullable column last is
+/// instant on MySQL 8 and MariaDB 10.3+, and the index is built in place
+/// while writes go on. Every row already stored is bound to no user
+/// (records bound to one are written only by code that also writes
+/// `user_key`), so NULL is the truth for each of them. `VARBINARY(256)`
+/// holds a key's UTF-8 bytes (at most 256, the longest key) and compares
+/// them byte for byte: `Ada` is not `ada`, and `ada ` is not `ada` (a
+/// `VARCHAR` with a `_bin` collation pads with spaces when it compares).
+/// Its index entries are at most 256 bytes, within every row format's
+/// limit.
+const MIGRATIONS: Migrations = &[
+    (
+        1,
+        &["CREATE TABLE IF NOT EXISTS {t} (
             id BINARY(32) NOT NULL PRIMARY KEY,
             record LONGBLOB NOT NULL,
             expires_at BIGINT NOT NULL,
             version BIGINT NOT NULL,
             INDEX expires_at (expires_at)
         ) ENGINE = InnoDB"],
-)];
+    ),
+    (
+        2,
+        &[
+            "ALTER TABLE {t} ADD COLUMN user_key VARBINARY(256) NULL",
+            "CREATE INDEX user_key ON {t} (user_key)",
+        ],
+    ),
+];
+
+/// MySQL's `ER_DUP_FIELDNAME`: the column exists.
+const DUPLICATE_COLUMN: u16 = 1060;
+/// MySQL's `ER_DUP_KEYNAME`: an index of that name exists.
+const DUPLICATE_INDEX: u16 = 1061;
+
+/// The most rows [`revoke_user`](MysqlDialect::revoke_user) locks and
+/// deletes in one transaction; its statements bind exactly this many ids
+/// (a short batch repeats its last), so each is one prepared statement.
+const REVOKE_BATCH: usize = 100;
+
+/// `n` placeholders, comma-separated.
+fn ids(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
 
 /// The statements every SQL store has, in MySQL, on the quoted table `t`.
 fn statements(t: &str) -> Statements {
-    let ids = vec!["?"; DELETE_BATCH].join(", ");
+    let ids = ids(DELETE_BATCH);
     let migrations = format!("`{MIGRATIONS_TABLE}`");
     Statements {
         exists: format!("SELECT EXISTS(SELECT 1 FROM {t} WHERE id = ?)"),
@@ -121,15 +162,22 @@ fn statements(t: &str) -> Statements {
             "SELECT record, expires_at, version FROM {t} WHERE id = ? AND expires_at > {NOW}"
         ),
         set: format!(
-            "INSERT INTO {t} (id, record, expires_at, version) VALUES (?, ?, ?, ?)
+            "INSERT INTO {t} (id, record, expires_at, version, user_key) VALUES (?, ?, ?, ?, ?)
              ON DUPLICATE KEY UPDATE record = VALUES(record),
-             expires_at = VALUES(expires_at), version = VALUES(version)"
+             expires_at = VALUES(expires_at), version = VALUES(version),
+             user_key = VALUES(user_key)"
         ),
         delete: format!("DELETE FROM {t} WHERE id = ?"),
         // A taken id fails as a duplicate key, which the engine reads as a
         // collision.
-        create: format!("INSERT INTO {t} (id, record, expires_at, version) VALUES (?, ?, ?, ?)"),
+        create: format!(
+            "INSERT INTO {t} (id, record, expires_at, version, user_key) VALUES (?, ?, ?, ?, ?)"
+        ),
         len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > {NOW}"),
+        sessions_of: format!(
+            "SELECT id, record, expires_at, version FROM {t}
+             WHERE user_key = ? AND expires_at > {NOW}"
+        ),
         clock: Clock::Server {
             now: format!("SELECT {NOW}"),
         },
@@ -177,6 +225,9 @@ struct MysqlDialect {
     update: String,
     delete_row: String,
     touch: String,
+    revoke_find: String,
+    revoke_lock: String,
+    revoke_delete: String,
 }
 
 /// A row as the locking read saw it: its version, and whether it was live
@@ -194,12 +245,28 @@ impl MysqlDialect {
             // The clock is in the locking read itself: `SYSDATE` is evaluated
             // when the row is returned, after the lock was granted.
             lock: format!("SELECT version, expires_at, {CLOCK} FROM {t} WHERE id = ? FOR UPDATE"),
+            // InnoDB leaves a secondary index alone when its column keeps
+            // its value, so a save that keeps the binding does not touch the
+            // user index.
             update: format!(
-                "UPDATE {t} SET record = ?, expires_at = GREATEST(expires_at, ?), version = ?
-                 WHERE id = ?"
+                "UPDATE {t} SET record = ?, expires_at = GREATEST(expires_at, ?), version = ?,
+                 user_key = ? WHERE id = ?"
             ),
             delete_row: format!("DELETE FROM {t} WHERE id = ?"),
             touch: format!("UPDATE {t} SET expires_at = GREATEST(expires_at, ?) WHERE id = ?"),
+            revoke_find: format!("SELECT id FROM {t} WHERE user_key = ? AND id <> ?"),
+            // By primary key, so only the listed rows are locked: a locking
+            // read through the user index would also lock the gaps around
+            // the user's entries and hold the user's logins off.
+            revoke_lock: format!(
+                "SELECT id FROM {t} FORCE INDEX (PRIMARY) WHERE user_key = ? AND id IN ({ids})
+                 FOR UPDATE",
+                ids = ids(REVOKE_BATCH)
+            ),
+            revoke_delete: format!(
+                "DELETE FROM {t} WHERE id IN ({ids})",
+                ids = ids(REVOKE_BATCH)
+            ),
         }
     }
 
@@ -271,6 +338,20 @@ impl Dialect for MysqlDialect {
         result.rows_affected()
     }
 
+    fn bind_user_key<'q>(
+        query: Query<'q, MySql, MySqlArguments>,
+        user_key: Option<&'q str>,
+    ) -> Query<'q, MySql, MySqlArguments> {
+        query.bind(user_key.map(str::as_bytes))
+    }
+
+    fn already_applied(error: &sqlx::Error) -> bool {
+        error
+            .as_database_error()
+            .and_then(|e| e.try_downcast_ref::<MySqlDatabaseError>())
+            .is_some_and(|e| matches!(e.number(), DUPLICATE_COLUMN | DUPLICATE_INDEX))
+    }
+
     async fn migrate(&self, store: &SqlStore<Self>) -> Result<()> {
         let work = async {
             let mut conn = self.pool.acquire().await?;
@@ -305,6 +386,7 @@ impl Dialect for MysqlDialect {
             .bind(update.record)
             .bind(update.expires_at)
             .bind(update.version)
+            .bind(update.user_key.map(str::as_bytes))
             .bind(update.id);
         let applies = |version| version == update.expected;
         self.lock_then_write(store, "update", update.id, applies, write)
@@ -329,6 +411,48 @@ impl Dialect for MysqlDialect {
             .lock_then_write(store, "touch", id, |_| true, write)
             .await?;
         Ok(judged.live)
+    }
+
+    /// Finds the user's rows (a plain read), then per batch, in one
+    /// transaction: locks those still bound to the user, by primary key,
+    /// and deletes exactly the rows locked. A row rebound or deleted after
+    /// it was found is not locked, so not counted; a locked row cannot
+    /// change before the `DELETE`, so the ids answered are the rows
+    /// deleted. A login finishing after the first read is spared.
+    async fn revoke_user(
+        &self,
+        store: &SqlStore<Self>,
+        user_key: &str,
+        except: &[u8],
+    ) -> Result<Vec<Vec<u8>>> {
+        let key = user_key.as_bytes();
+        let work = async {
+            let found: Vec<Vec<u8>> = sqlx::query_scalar(&self.revoke_find)
+                .bind(key)
+                .bind(except)
+                .fetch_all(&self.pool)
+                .await?;
+            let mut deleted = Vec::with_capacity(found.len());
+            for batch in found.chunks(REVOKE_BATCH) {
+                let mut tx = self.pool.begin().await?;
+                let mut lock = sqlx::query_scalar::<_, Vec<u8>>(&self.revoke_lock).bind(key);
+                for i in 0..REVOKE_BATCH {
+                    lock = lock.bind(&batch[i.min(batch.len() - 1)][..]);
+                }
+                let locked = lock.fetch_all(&mut *tx).await?;
+                if let Some(last) = locked.len().checked_sub(1) {
+                    let mut delete = sqlx::query(&self.revoke_delete);
+                    for i in 0..REVOKE_BATCH {
+                        delete = delete.bind(&locked[i.min(last)][..]);
+                    }
+                    delete.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                deleted.extend(locked);
+            }
+            Ok(deleted)
+        };
+        store.run("revoke_user", work).await
     }
 }
 

@@ -60,7 +60,9 @@ use session_store_sql::{
     Connections, Dialect, Judged, LegacyLayout, MigrationStatements, Migrations, Setup, SqlStore,
     Statements, Update, DELETE_BATCH,
 };
-use sqlx::postgres::{PgPool, PgQueryResult};
+use sqlx::postgres::{PgArguments, PgPool, PgQueryResult};
+use sqlx::query::Query;
+use sqlx::Postgres;
 
 pub use session_store_sql::MIGRATIONS_TABLE;
 pub use sqlx;
@@ -93,19 +95,38 @@ pub const MAX_TABLE_NAME_LEN: usize = max_table_name_len(63);
 ///
 /// `fillfactor = 70` leaves room on each page so that saves, which rewrite a
 /// row without changing its indexed columns, stay heap-only (HOT) updates
-/// and touch neither index.
-const MIGRATIONS: Migrations = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS {t} (
+/// and touch no index.
+///
+/// Step 2 adds the user index. Adding a nullable column rewrites no row,
+/// and every row already stored is bound to no user (records bound to one
+/// are written only by code that also writes `user_key`), so NULL is the
+/// truth for each of them. `COLLATE "C"` compares byte for byte whatever
+/// the database's collation (`Ada` is not `ada`, `ada ` is not `ada`). The
+/// index is partial: the sessions bound to no user, most of them, are not
+/// in it. A save that keeps the binding writes the same `user_key`, which
+/// PostgreSQL sees as unchanged, so it stays a HOT update. Building the
+/// index holds writes to the table off while it scans it, once.
+const MIGRATIONS: Migrations = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS {t} (
             id bytea PRIMARY KEY,
             record bytea NOT NULL,
             expires_at bigint NOT NULL,
             version bigint NOT NULL
         ) WITH (fillfactor = 70)",
-        "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)",
-    ],
-)];
+            "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)",
+        ],
+    ),
+    (
+        2,
+        &[
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS user_key text COLLATE \"C\"",
+            "CREATE INDEX IF NOT EXISTS {user_index} ON {t} (user_key) WHERE user_key IS NOT NULL",
+        ],
+    ),
+];
 
 /// The statements every SQL store has, in PostgreSQL, on the table `t`
 /// (qualified by `schema`, if any) whose key is `key`.
@@ -118,16 +139,23 @@ fn statements(schema: Option<&str>, t: &str, key: &str) -> Statements {
             "SELECT record, expires_at, version FROM {t} WHERE id = $1 AND expires_at > {NOW}"
         ),
         set: format!(
-            "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
+            "INSERT INTO {t} (id, record, expires_at, version, user_key) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET record = excluded.record,
-             expires_at = excluded.expires_at, version = excluded.version"
+             expires_at = excluded.expires_at, version = excluded.version,
+             user_key = excluded.user_key"
         ),
         delete: format!("DELETE FROM {t} WHERE id = $1"),
         create: format!(
-            "INSERT INTO {t} (id, record, expires_at, version) VALUES ($1, $2, $3, $4)
+            "INSERT INTO {t} (id, record, expires_at, version, user_key) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO NOTHING"
         ),
         len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > {NOW}"),
+        // `user_key = $1` implies `user_key IS NOT NULL` (`=` is strict), so
+        // the planner may use the partial index.
+        sessions_of: format!(
+            "SELECT id, record, expires_at, version FROM {t}
+             WHERE user_key = $1 AND expires_at > {NOW}"
+        ),
         clock: Clock::Server {
             now: format!("SELECT {NOW}"),
         },
@@ -210,6 +238,7 @@ struct PostgresDialect {
     update: String,
     delete_if: String,
     touch: String,
+    revoke_user: String,
 }
 
 impl PostgresDialect {
@@ -234,7 +263,8 @@ impl PostgresDialect {
             key: table.to_ascii_lowercase(),
             update: format!(
                 "{judged}, saved AS (
-                     UPDATE {t} AS s SET record = $2, expires_at = GREATEST(s.expires_at, $3), version = $4
+                     UPDATE {t} AS s SET record = $2, expires_at = GREATEST(s.expires_at, $3),
+                     version = $4, user_key = $6
                      FROM judged WHERE s.id = judged.id AND judged.live AND judged.version = $5
                      RETURNING 1
                  )
@@ -252,6 +282,12 @@ impl PostgresDialect {
                  UPDATE {t} AS s SET expires_at = GREATEST(s.expires_at, $2)
                  FROM judged WHERE s.id = judged.id AND judged.live"
             ),
+            // A row a concurrent writer holds is deleted once that writer
+            // commits, if it is still bound to the user then (PostgreSQL
+            // checks the conditions again on the row's newest version), so
+            // a row rebound meanwhile is spared and `RETURNING` names
+            // exactly the rows deleted.
+            revoke_user: format!("DELETE FROM {t} WHERE user_key = $1 AND id <> $2 RETURNING id"),
         }
     }
 }
@@ -285,6 +321,13 @@ impl Dialect for PostgresDialect {
         result.rows_affected()
     }
 
+    fn bind_user_key<'q>(
+        query: Query<'q, Postgres, PgArguments>,
+        user_key: Option<&'q str>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query.bind(user_key)
+    }
+
     async fn migrate(&self, store: &SqlStore<Self>) -> Result<()> {
         let work = async {
             let mut tx = self.pool.begin().await?;
@@ -312,7 +355,8 @@ impl Dialect for PostgresDialect {
             .bind(update.record)
             .bind(update.expires_at)
             .bind(update.version)
-            .bind(update.expected);
+            .bind(update.expected)
+            .bind(update.user_key);
         let (live, done) = store.write_row("update", query).await?;
         Ok(Judged { live, done })
     }
@@ -332,6 +376,18 @@ impl Dialect for PostgresDialect {
     async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool> {
         let query = sqlx::query(&self.touch).bind(id).bind(expires_at);
         Ok(store.write("touch", query).await? == 1)
+    }
+
+    async fn revoke_user(
+        &self,
+        store: &SqlStore<Self>,
+        user_key: &str,
+        except: &[u8],
+    ) -> Result<Vec<Vec<u8>>> {
+        let query = sqlx::query_scalar(&self.revoke_user)
+            .bind(user_key)
+            .bind(except);
+        store.write_ids("revoke_user", query).await
     }
 }
 

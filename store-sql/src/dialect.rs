@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use session_store::{DeleteOutcome, Result, UpdateOutcome};
+use sqlx::query::Query;
 use sqlx::Database;
 
 use crate::SqlStore;
@@ -9,7 +10,8 @@ use crate::SqlStore;
 /// Versioned DDL: each step runs once, in order, recorded in
 /// [`MIGRATIONS_TABLE`](crate::MIGRATIONS_TABLE). In a statement `{t}`
 /// stands for the table as written into SQL, `{index}` for the quoted name
-/// of its expiry index, `<table>$expires_at`.
+/// of its expiry index, `<table>$expires_at`, and `{user_index}` for the
+/// quoted name of its user index, `<table>$user_key`.
 pub type Migrations = &'static [(i64, &'static [&'static str])];
 
 /// The clock that judges expiry where no row lock is involved: in `get`,
@@ -79,23 +81,33 @@ pub struct MigrationStatements {
 }
 
 /// A dialect's statements for what every SQL store does alike, each on the
-/// table `id` (the session id), `record`, `expires_at` (Unix ms) and
-/// `version`. Parameters are bound in the order listed.
+/// table `id` (the session id), `record`, `expires_at` (Unix ms), `version`
+/// and `user_key` (the record's [`Session::user_key`], NULL for a session
+/// bound to no user). Parameters are bound in the order listed; a user key
+/// is bound by [`Dialect::bind_user_key`].
+///
+/// [`Session::user_key`]: session_store::Session::user_key
 pub struct Statements {
     /// Takes the id; answers whether a row (live or not) has it.
     pub exists: String,
     /// Takes the id (and with [`Clock::App`], now); answers `record`,
     /// `expires_at` and `version` of the row if it is live.
     pub get: String,
-    /// Takes id, record, expires_at, version; inserts or replaces the row.
+    /// Takes id, record, expires_at, version, user_key; inserts or replaces
+    /// the row.
     pub set: String,
     /// Takes the id; deletes its row.
     pub delete: String,
-    /// Takes id, record, expires_at, version; inserts the row unless the id
-    /// is taken (then it affects no row, or fails as a unique violation).
+    /// Takes id, record, expires_at, version, user_key; inserts the row
+    /// unless the id is taken (then it affects no row, or fails as a unique
+    /// violation).
     pub create: String,
     /// Takes nothing (with [`Clock::App`], now); counts live rows.
     pub len: String,
+    /// Takes a user key (with [`Clock::App`], then now); answers `id`,
+    /// `record`, `expires_at` and `version` of every live row bound to it,
+    /// found through the user index.
+    pub sessions_of: String,
     /// The clock of `get`, `len` and `flush`.
     pub clock: Clock,
     /// The batches of `flush` and `clear`.
@@ -152,6 +164,8 @@ pub struct Update<'a> {
     pub version: i64,
     /// The version the row must hold.
     pub expected: i64,
+    /// The record's user key, written to `user_key` in the same statement.
+    pub user_key: Option<&'a str>,
 }
 
 /// What a compare-and-set write found and did: whether the record was live
@@ -219,6 +233,24 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// How many rows a statement affected.
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 
+    /// Binds a user key (NULL for `None`) as the `user_key` column takes
+    /// it: text, or its UTF-8 bytes where the column is binary so that keys
+    /// compare byte for byte.
+    fn bind_user_key<'q>(
+        query: Query<'q, Self::Db, <Self::Db as Database>::Arguments<'q>>,
+        user_key: Option<&'q str>,
+    ) -> Query<'q, Self::Db, <Self::Db as Database>::Arguments<'q>>;
+
+    /// Whether `error`, from a migration step, says the step's change is
+    /// already there (a column or index of that name exists). Only a
+    /// dialect whose DDL is not transactional needs this: a process that
+    /// died between a step and its record left the step done but not
+    /// recorded, and the next migration must not fail on it.
+    fn already_applied(error: &sqlx::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Takes the lock that keeps two migrations apart (two processes at
     /// once apply each step once), works out the table's key in
     /// [`MIGRATIONS_TABLE`](crate::MIGRATIONS_TABLE), and runs
@@ -241,4 +273,16 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// Moves the expiry of the live row `id` to `expires_at` if that is
     /// later; whether the row was live.
     async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool>;
+
+    /// Deletes every row (live or not) whose `user_key` is `user_key`,
+    /// except the row `except` (empty: no row is excepted, as no id is
+    /// empty), and answers the ids of exactly the rows it deleted. A row
+    /// bound to the user while this runs may be spared; a row rebound to
+    /// another user meanwhile must be.
+    async fn revoke_user(
+        &self,
+        store: &SqlStore<Self>,
+        user_key: &str,
+        except: &[u8],
+    ) -> Result<Vec<Vec<u8>>>;
 }

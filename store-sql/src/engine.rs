@@ -13,7 +13,7 @@ use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use crate::{Batches, Clock, Connection, Connections, Dialect, Statements, Update};
-use crate::{DELETE_BATCH, INDEX_SUFFIX};
+use crate::{DELETE_BATCH, INDEX_SUFFIX, USER_INDEX_SUFFIX};
 
 /// The least time a migration may take, its wait for the lock included.
 pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -205,6 +205,7 @@ impl<D: Dialect> SqlStore<D> {
             expires_at: session.expires_at_millis(),
             version: version as i64,
             expected: expected_version as i64,
+            user_key: session.user_key(),
         };
         let judged = self.dialect.update(self, update).await?;
         Ok(judged.update_outcome(version))
@@ -227,6 +228,39 @@ impl<D: Dialect> SqlStore<D> {
         self.dialect
             .touch(self, &id.as_bytes()[..], expires_at)
             .await
+    }
+
+    /// Applies `revoke_user` (see [`Dialect::revoke_user`]): the ids of the
+    /// rows deleted.
+    pub async fn revoke_user(
+        &self,
+        user_key: &str,
+        except: Option<&SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        let except = except.map_or(&[][..], |id| &id.as_bytes()[..]);
+        let deleted = self.dialect.revoke_user(self, user_key, except).await?;
+        Ok(deleted
+            .into_iter()
+            .filter_map(|id| self.row_id(&id, "revoke_user"))
+            .collect())
+    }
+
+    /// The session id a row's `id` column holds; `None`, with a warning,
+    /// for a column no id fits (a row written behind the store's back).
+    fn row_id(&self, bytes: &[u8], what: &str) -> Option<SessionId> {
+        match <[u8; 32]>::try_from(bytes) {
+            Ok(bytes) => Some(SessionId::from_bytes(bytes)),
+            Err(_) => {
+                tracing::warn!(
+                    store = D::STORE,
+                    table = %self.table_name,
+                    operation = what,
+                    len = bytes.len(),
+                    "skipped a row whose id is not 32 bytes"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -336,7 +370,7 @@ where
         let version = storable_version(session.id(), session.version())?;
         let record = codec::encode(session, session.version())?;
         let id = session.id();
-        let query = row_query(&self.sql.set, &id, &record, session, version);
+        let query = self.row_query(&self.sql.set, &id, &record, session, version);
         self.write("set", query).await.map(drop)
     }
 
@@ -351,7 +385,7 @@ where
         let version = storable_version(session.id(), session.version())?;
         let record = codec::encode(session, session.version())?;
         let id = session.id();
-        let query = row_query(&self.sql.create, &id, &record, session, version);
+        let query = self.row_query(&self.sql.create, &id, &record, session, version);
         let insert = async {
             let mut conn = self.writer().await?;
             match query.execute(&mut *conn).await {
@@ -365,6 +399,89 @@ where
         } else {
             Err(Error::IdCollision { id: session.id() })
         }
+    }
+
+    /// `sql` with a row's id, record, expiry, version and user key bound,
+    /// for `set` and `create`.
+    fn row_query<'q>(
+        &self,
+        sql: &'q str,
+        id: &'q SessionId,
+        record: &'q [u8],
+        session: &'q Session,
+        version: i64,
+    ) -> Query<'q, D::Db, Args<'q, D::Db>> {
+        let query = sqlx::query(sql)
+            .bind(&id.as_bytes()[..])
+            .bind(record)
+            .bind(session.expires_at_millis())
+            .bind(version);
+        D::bind_user_key(query, session.user_key())
+    }
+
+    /// The live sessions bound to `user_key`: one query through the user
+    /// index. A row that does not decode, or whose record is bound to
+    /// another user than its `user_key` column says (written behind the
+    /// store's back), is skipped with a warning: one bad row must not hide
+    /// a user's other sessions from a "log out everywhere" page.
+    pub async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
+        let mut query = D::bind_user_key(sqlx::query(&self.sql.sessions_of), Some(user_key));
+        if let Clock::App = self.sql.clock {
+            query = query.bind(now_millis());
+        }
+        let work = async {
+            let mut conn = self.reader().await?;
+            query.fetch_all(&mut *conn).await
+        };
+        let rows = self.run("sessions_of", work).await?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let columns = (|| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get::<Vec<u8>, _>(0)?,
+                    row.try_get::<Vec<u8>, _>(1)?,
+                    row.try_get::<i64, _>(2)?,
+                    row.try_get::<i64, _>(3)?,
+                ))
+            })();
+            let (id, record, expires_at, version) =
+                columns.map_err(|e| Error::decode(self.context("sessions_of"), e))?;
+            let Some(id) = self.row_id(&id, "sessions_of") else {
+                continue;
+            };
+            let origin = format!("row {id} of table {}", self.table_name);
+            match decode_session(id, &record, expires_at, version, &origin) {
+                Ok(session) if session.user_key() == Some(user_key) => sessions.push(session),
+                Ok(_) => tracing::warn!(
+                    store = D::STORE,
+                    table = %self.table_name,
+                    %id,
+                    "skipped a row whose record is bound to another user than its user_key column"
+                ),
+                Err(e) => tracing::warn!(
+                    store = D::STORE,
+                    table = %self.table_name,
+                    %id,
+                    error = %e,
+                    "skipped a row that does not decode"
+                ),
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// Runs one statement answering ids (a `DELETE … RETURNING id`) on a
+    /// writer connection.
+    pub async fn write_ids<'q>(
+        &self,
+        what: &str,
+        query: QueryScalar<'q, D::Db, Vec<u8>, Args<'q, D::Db>>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let work = async {
+            let mut conn = self.writer().await?;
+            query.fetch_all(&mut *conn).await
+        };
+        self.run(what, work).await
     }
 
     /// Counts the live rows.
@@ -483,6 +600,7 @@ where
             .fetch_one(&mut *conn)
             .await?;
         let index = format!("{q}{key}{INDEX_SUFFIX}{q}", q = D::QUOTE);
+        let user_index = format!("{q}{key}{USER_INDEX_SUFFIX}{q}", q = D::QUOTE);
         if done == 0 {
             done = self.adopt_legacy(conn, key, &index).await?;
         }
@@ -493,8 +611,14 @@ where
             for ddl in *statements {
                 let ddl = ddl
                     .replace("{t}", &self.table_sql)
-                    .replace("{index}", &index);
-                sqlx::query(&ddl).execute(&mut *conn).await?;
+                    .replace("{index}", &index)
+                    .replace("{user_index}", &user_index);
+                match sqlx::query(&ddl).execute(&mut *conn).await {
+                    Err(e) if D::already_applied(&e) => {
+                        tracing::info!(table = %self.table_name, version, error = %e, "migration step found already applied");
+                    }
+                    done => drop(done?),
+                }
             }
             sqlx::query(&sql.record)
                 .bind(key)
@@ -566,26 +690,6 @@ where
         tracing::info!(table = %self.table_name, version = done, "adopted the migration record of an earlier version");
         Ok(done)
     }
-}
-
-/// `sql` with a row's id, record, expiry and version bound, for `set` and
-/// `create`.
-fn row_query<'q, DB: Database>(
-    sql: &'q str,
-    id: &'q SessionId,
-    record: &'q [u8],
-    session: &Session,
-    version: i64,
-) -> Query<'q, DB, Args<'q, DB>>
-where
-    &'q [u8]: Encode<'q, DB> + Type<DB>,
-    i64: Encode<'q, DB> + Type<DB>,
-{
-    sqlx::query(sql)
-        .bind(&id.as_bytes()[..])
-        .bind(record)
-        .bind(session.expires_at_millis())
-        .bind(version)
 }
 
 /// The session a row holds: the record decoded, with the row's expiry and

@@ -14,6 +14,12 @@
 //!   versioned DDL of [`Dialect::MIGRATIONS`], and the adoption of the
 //!   earlier `<table>_migrations` layout where a dialect had one;
 //! - identifier checks and name limits ([`check_table_name`]);
+//! - the user index: a nullable, indexed `user_key` column that `set`,
+//!   `create` and `update` write from the record in the same statement as
+//!   the record, so the index never disagrees with the rows and a deleted
+//!   or flushed row leaves no entry behind; `sessions_of` is one indexed
+//!   `SELECT` (a row that does not decode is skipped with a warning), and
+//!   [`Dialect::revoke_user`] deletes a user's rows and answers their ids;
 //! - decoding rows into sessions (the `expires_at` and `version` columns
 //!   are authoritative; a version outside `1..=MAX_VERSION` is
 //!   `Error::Decode`) and compare-and-set results into `UpdateOutcome` and
@@ -31,6 +37,8 @@
 //! | clock for reads and the `flush` cutoff ([`Clock`]) | the app's (the database is a local file) | the server's | the server's |
 //! | `update`, `delete_if`, `touch` | the write, under SQLite's write lock, reads `'now'` itself; a miss is explained by a second look under the same lock | one statement: a CTE locks the row, a level above judges it by `clock_timestamp()` | a transaction: `SELECT … FOR UPDATE` reading `SYSDATE(3)`, then the write |
 //! | a `flush`/`clear` batch ([`Batches`]) | one `DELETE`, holding the write lock throughout | one statement answering rows found and deleted | `SELECT` the ids, then `DELETE` them |
+//! | `revoke_user` | one `DELETE … RETURNING id`, under the write lock | one `DELETE … RETURNING id` | `SELECT` the ids, then a transaction per batch: lock them (`FOR UPDATE`, by primary key), `DELETE` those locked |
+//! | `user_key` column | `TEXT` (binary collation), partial index | `text COLLATE "C"`, partial index | `VARBINARY(256)`, index |
 //! | migrations lock | `BEGIN IMMEDIATE` | `pg_advisory_xact_lock` | `GET_LOCK` |
 //! | earlier layout adopted | yes | yes | none existed |
 //!
@@ -63,6 +71,14 @@ pub const MIGRATIONS_TABLE: &str = "session_store$migrations";
 
 /// Suffix of the expiry index's name, `<table>$expires_at`.
 pub const INDEX_SUFFIX: &str = "$expires_at";
+
+/// Suffix of the user index's name, `<table>$user_key` (`{user_index}` in
+/// [`Migrations`]), on the nullable `user_key` column that every write
+/// fills from the record in the same statement. No longer than
+/// [`INDEX_SUFFIX`], so the limit [`max_table_name_len`] keeps it whole too.
+pub const USER_INDEX_SUFFIX: &str = "$user_key";
+
+const _: () = assert!(USER_INDEX_SUFFIX.len() <= INDEX_SUFFIX.len());
 
 /// Rows deleted per statement in `flush` and `clear`, so no statement holds
 /// locks for long.
@@ -170,6 +186,21 @@ macro_rules! session_interface {
 
             async fn len(&self) -> $crate::__private::Result<u64> {
                 self.$engine.len().await
+            }
+
+            async fn sessions_of(
+                &self,
+                user_key: &str,
+            ) -> $crate::__private::Result<::std::vec::Vec<$crate::__private::Session>> {
+                self.$engine.sessions_of(user_key).await
+            }
+
+            async fn revoke_user(
+                &self,
+                user_key: &str,
+                except: ::std::option::Option<&$crate::__private::SessionId>,
+            ) -> $crate::__private::Result<::std::vec::Vec<$crate::__private::SessionId>> {
+                self.$engine.revoke_user(user_key, except).await
             }
         }
 

@@ -85,19 +85,39 @@ const STORE: &str = "sqlite";
 const NOW: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)";
 
 /// Versioned DDL: each step runs once, in order, recorded in
-/// [`MIGRATIONS_TABLE`]. `{t}` is the table, `{index}` the quoted index name.
-const MIGRATIONS: Migrations = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS {t} (
+/// [`MIGRATIONS_TABLE`]. `{t}` is the table, `{index}` the quoted expiry
+/// index name, `{user_index}` the quoted user index name. Each migration
+/// runs in one `IMMEDIATE` transaction with its records, so a step is
+/// either done and recorded or neither.
+///
+/// Step 2 adds the user index. Every row already stored is bound to no
+/// user (records bound to one are written only by code that also writes
+/// `user_key`), so NULL is the truth for each of them and no row is
+/// rewritten. `TEXT` compares with SQLite's default `BINARY` collation:
+/// byte for byte, so `Ada` is not `ada` and `ada ` is not `ada`. The index
+/// is partial: the sessions bound to no user, most of them, are not in it,
+/// so their writes never touch it.
+const MIGRATIONS: Migrations = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS {t} (
             id BLOB PRIMARY KEY NOT NULL,
             record BLOB NOT NULL,
             expires_at INTEGER NOT NULL,
             version INTEGER NOT NULL
         ) WITHOUT ROWID",
-        "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)",
-    ],
-)];
+            "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)",
+        ],
+    ),
+    (
+        2,
+        &[
+            "ALTER TABLE {t} ADD COLUMN user_key TEXT",
+            "CREATE INDEX IF NOT EXISTS {user_index} ON {t} (user_key) WHERE user_key IS NOT NULL",
+        ],
+    ),
+];
 
 /// The statements every SQL store has, in SQLite, on the table `t` whose
 /// key is `key`.
@@ -109,16 +129,22 @@ fn statements(t: &str, key: &str) -> Statements {
             "SELECT record, expires_at, version FROM {t} WHERE id = ?1 AND expires_at > ?2"
         ),
         set: format!(
-            "INSERT INTO {t} (id, record, expires_at, version) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO {t} (id, record, expires_at, version, user_key) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (id) DO UPDATE SET record = excluded.record,
-             expires_at = excluded.expires_at, version = excluded.version"
+             expires_at = excluded.expires_at, version = excluded.version,
+             user_key = excluded.user_key"
         ),
         delete: format!("DELETE FROM {t} WHERE id = ?1"),
         create: format!(
-            "INSERT INTO {t} (id, record, expires_at, version) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO {t} (id, record, expires_at, version, user_key) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (id) DO NOTHING"
         ),
         len: format!("SELECT COUNT(*) FROM {t} WHERE expires_at > ?1"),
+        // `user_key = ?1` implies `user_key IS NOT NULL`, so SQLite uses the
+        // partial index.
+        sessions_of: format!(
+            "SELECT id, record, expires_at, version FROM {t} WHERE user_key = ?1 AND expires_at > ?2"
+        ),
         clock: Clock::App,
         // A batch is one statement, which holds SQLite's write lock from
         // finding its rows to deleting them: no other writer (in this
@@ -183,6 +209,7 @@ struct SqliteDialect {
     delete_if: String,
     state: String,
     touch: String,
+    revoke_user: String,
     _checkpointer: Option<Checkpointer>,
 }
 
@@ -194,10 +221,12 @@ impl SqliteDialect {
             key: t.to_ascii_lowercase(),
             update_same_expiry: format!(
                 "UPDATE {t} SET record = ?2, version = ?4
-                 WHERE id = ?1 AND version = ?5 AND expires_at > {NOW} AND expires_at >= ?3"
+                 WHERE id = ?1 AND version = ?5 AND expires_at > {NOW} AND expires_at >= ?3
+                 AND user_key IS ?6"
             ),
             update: format!(
-                "UPDATE {t} SET record = ?2, expires_at = MAX(expires_at, ?3), version = ?4
+                "UPDATE {t} SET record = ?2, expires_at = MAX(expires_at, ?3), version = ?4,
+                 user_key = ?6
                  WHERE id = ?1 AND version = ?5 AND expires_at > {NOW}"
             ),
             delete_if: format!(
@@ -209,6 +238,7 @@ impl SqliteDialect {
             touch: format!(
                 "UPDATE {t} SET expires_at = MAX(expires_at, ?2) WHERE id = ?1 AND expires_at > {NOW}"
             ),
+            revoke_user: format!("DELETE FROM {t} WHERE user_key = ?1 AND id <> ?2 RETURNING id"),
             _checkpointer: checkpointer,
         }
     }
@@ -267,11 +297,20 @@ impl Dialect for SqliteDialect {
         store.run_migration(work).await
     }
 
+    fn bind_user_key<'q>(
+        query: Query<'q, Sqlite, SqliteArguments<'q>>,
+        user_key: Option<&'q str>,
+    ) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+        query.bind(user_key)
+    }
+
     async fn update(&self, store: &SqlStore<Self>, update: Update<'_>) -> Result<Judged> {
         // Most saves keep the expiry (or bring one no later than the stored
-        // one, which must not shorten it). Leaving `expires_at` out of the
-        // SET list spares SQLite rewriting its index entry, a quarter of the
-        // cost of a save; a later expiry falls through to the full UPDATE.
+        // one, which must not shorten it) and the user binding. Leaving
+        // `expires_at` and `user_key` out of the SET list spares SQLite
+        // rewriting their index entries, a quarter of the cost of a save
+        // each; a later expiry or a new binding (a login, a logout) falls
+        // through to the full UPDATE.
         let writes = [&self.update_same_expiry, &self.update].map(|sql| {
             sqlx::query(sql)
                 .bind(update.id)
@@ -279,6 +318,7 @@ impl Dialect for SqliteDialect {
                 .bind(update.expires_at)
                 .bind(update.version)
                 .bind(update.expected)
+                .bind(update.user_key)
         });
         self.write_or_look(store, "update", update.id, writes).await
     }
@@ -297,6 +337,20 @@ impl Dialect for SqliteDialect {
     async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool> {
         let query = sqlx::query(&self.touch).bind(id).bind(expires_at);
         Ok(store.write("touch", query).await? == 1)
+    }
+
+    async fn revoke_user(
+        &self,
+        store: &SqlStore<Self>,
+        user_key: &str,
+        except: &[u8],
+    ) -> Result<Vec<Vec<u8>>> {
+        // One statement, holding SQLite's write lock from finding the rows
+        // to deleting them: the ids it returns are the rows it deleted.
+        let query = sqlx::query_scalar(&self.revoke_user)
+            .bind(user_key)
+            .bind(except);
+        store.write_ids("revoke_user", query).await
     }
 }
 
