@@ -6,11 +6,15 @@
 //! One table (default `sessions`, in the connection's database): `id`
 //! (`BINARY(32)`, the session id, primary key), `record` (`LONGBLOB`, the
 //! core's encoded record), `expires_at` (`BIGINT` Unix ms, indexed as
-//! `expires_at`), `version` (`BIGINT`). [`MysqlStore::migrate`] creates or
-//! upgrades it, recording what it did in [`MIGRATIONS_TABLE`] (one per
-//! database, shared by the stores in it, keyed by table name). Names with a
-//! `$` can never be another store's table: table names are plain SQL
-//! identifiers (checked, then quoted with backticks, so reserved words work).
+//! `expires_at`), `version` (`BIGINT`), `user_key` (`VARBINARY(256)`, the
+//! record's user key as UTF-8 bytes, compared byte for byte; NULL for a
+//! session bound to no user; indexed as `user_key`), which `set`, `create`
+//! and `update` write in the same statement as the record.
+//! [`MysqlStore::migrate`] creates or upgrades it, recording what it did in
+//! [`MIGRATIONS_TABLE`] (one per database, shared by the stores in it, keyed
+//! by table name). Names with a `$` can never be another store's table:
+//! table names are plain SQL identifiers (checked, then quoted with
+//! backticks, so reserved words work).
 //!
 //! | operation | statements | round trips |
 //! | --- | --- | --- |
@@ -18,6 +22,8 @@
 //! | `create` | `INSERT`; a duplicate key is [`Error::IdCollision`] | 1 |
 //! | `update`, `delete_if`, `touch` | transaction: `SELECT … FOR UPDATE`, then the write when it applies, `COMMIT` | 3–4 |
 //! | `flush`, `clear` | a clock read (`flush`), then per batch of 1000: `SELECT` ids, `DELETE` them | 2 per batch |
+//! | `sessions_of` | one `SELECT` through the user index | 1 |
+//! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT` | 1, then 4 per batch |
 //! | `migrate` | `GET_LOCK`, then each missing step and its record | a few, once |
 //!
 //! **Clock.** Expiry is judged by the database server's clock, in Unix

@@ -5,13 +5,17 @@
 //!
 //! One table (default `sessions`, optionally in a schema): `id` (`bytea`,
 //! the 32-byte id, primary key), `record` (`bytea`, the core's encoded
-//! record), `expires_at` (`bigint` Unix ms, indexed), `version` (`bigint`).
+//! record), `expires_at` (`bigint` Unix ms, indexed), `version` (`bigint`),
+//! and `user_key` (`text`, the record's user key, NULL for a session bound to
+//! no user, in a partial index `<table>$user_key` of the bound ones), which
+//! `set`, `create` and `update` write in the same statement as the record.
 //! [`PostgresStore::migrate`] creates or upgrades it, recording what it did
 //! in [`MIGRATIONS_TABLE`] (one per schema, shared by the stores in it); the
 //! index is `<table>$expires_at`. Names with a `$` can never be another
 //! store's table, and table names are at most [`MAX_TABLE_NAME_LEN`] bytes
 //! so the index name fits PostgreSQL's 63. Every operation is one statement
-//! (`flush` and `clear`: one a batch).
+//! (`flush` and `clear`: one a batch): `sessions_of` a `SELECT` through the
+//! user index, `revoke_user` a `DELETE … RETURNING id`.
 //!
 //! **Clock.** Expiry is judged by the PostgreSQL server's clock
 //! (`clock_timestamp()`, in Unix milliseconds) in every statement that asks

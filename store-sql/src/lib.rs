@@ -56,7 +56,7 @@ pub use dialect::{
     Batches, Clock, Dialect, Judged, LegacyLayout, MigrationStatements, Migrations, Statements,
     Update,
 };
-pub use engine::{lazy_pool, Setup, SqlStore};
+pub use engine::{lazy_pool, Setup, SqlStore, MIGRATION_TIMEOUT};
 pub use sqlx;
 
 use session_store::backend::check_sql_identifier;

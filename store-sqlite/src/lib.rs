@@ -5,7 +5,9 @@
 //!
 //! - One table (default `sessions`): `id` (the 32-byte id, primary key),
 //!   `record` (the core's encoded record), `expires_at` (Unix ms, indexed),
-//!   `version`. [`SqliteStore::migrate`] creates or upgrades it, recording
+//!   `version`, and `user_key` (the record's user key, NULL for a session
+//!   bound to no user; a partial index `<table>$user_key` holds the bound
+//!   ones), written in the same statement as the record. [`SqliteStore::migrate`] creates or upgrades it, recording
 //!   what it did in [`MIGRATIONS_TABLE`] (one per file, shared by the stores
 //!   in it); the index is `<table>$expires_at`. Names with a `$` can never
 //!   be another store's table.
@@ -19,8 +21,12 @@
 //!   never wait for readers and never hold writers off, so a reader keeping
 //!   an old snapshot open only delays the reuse of the WAL until it is done.
 //!   A WAL file that grew is cut back to 64 MiB when it is reused.
-//! - A save that keeps the expiry leaves `expires_at` out of its `UPDATE`,
-//!   so SQLite need not rewrite the index entry.
+//! - A save that keeps the expiry and the user binding leaves `expires_at`
+//!   and `user_key` out of its `UPDATE`, so SQLite need not rewrite their
+//!   index entries; one that changes either runs a second `UPDATE`.
+//! - `sessions_of` is one `SELECT` through the user index; `revoke_user`
+//!   one `DELETE … RETURNING id`, which holds the write lock throughout, so
+//!   the ids it answers are the rows it deleted.
 //! - **Clock:** expiry is judged by this machine's clock, as for every
 //!   in-process store: the database is a local file, so there is no server
 //!   clock to defer to. Reads bind `now_millis`; writes that need a live
