@@ -12,7 +12,7 @@ use server_session::conformance::StoreFactory;
 use server_session::redis::deadpool_redis::redis;
 use server_session::{
     codec, conformance_tests, from_unix_millis, now_millis, DeleteOutcome, Error, RedisConfig,
-    RedisStore, Session, SessionInterface, SessionToken, UpdateOutcome, MAX_VERSION,
+    RedisStore, Session, SessionInterface, SessionToken, UpdateOutcome, UserBinding, MAX_VERSION,
 };
 
 /// Makes Redis stores, remembering each one's prefix (by the address of
@@ -496,4 +496,220 @@ async fn clear_finishes_while_keys_vanish() {
     deleter.await.unwrap().unwrap();
     assert_eq!(store.len().await.unwrap(), 0);
     assert!(!all_present(&store, &all[..1]).await);
+}
+
+/// A session bound to `user`, live for `ttl`.
+fn bound(user: &str, ttl: Duration) -> Session {
+    let mut s = Session::new(SessionToken::generate().id(), ttl);
+    s.set_user(Some(
+        UserBinding::new(user, std::collections::BTreeMap::new()).unwrap(),
+    ));
+    s
+}
+
+/// The key of `user`'s index in the namespace `prefix`, hashed by Redis
+/// itself (`redis.sha1hex`, as the scripts do).
+async fn user_set(raw: &mut redis::aio::MultiplexedConnection, prefix: &str, user: &str) -> String {
+    let hash: String = redis::cmd("EVAL")
+        .arg("return redis.sha1hex(ARGV[1])")
+        .arg(0)
+        .arg(user)
+        .query_async(raw)
+        .await
+        .unwrap();
+    format!("{prefix}user:{hash}")
+}
+
+async fn raw_score(
+    raw: &mut redis::aio::MultiplexedConnection,
+    set: &str,
+    id: &str,
+) -> Option<i64> {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(set)
+        .arg(id)
+        .query_async(raw)
+        .await
+        .unwrap();
+    score.map(|s| s as i64)
+}
+
+async fn raw_exists(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(raw)
+        .await
+        .unwrap()
+}
+
+async fn raw_pexpiretime(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(raw)
+        .await
+        .unwrap()
+}
+
+/// The keys under `prefix` that are not session records.
+async fn non_session_keys(
+    raw: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Vec<String> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(raw)
+        .await
+        .unwrap();
+    keys.into_iter()
+        .filter(|k| k.len() != prefix.len() + 64)
+        .collect()
+}
+
+/// The index is kept by the same script as the write: each bound record
+/// is in its user's set, scored by its expiry, the set living at least as
+/// long; a rebinding moves it, unbinding and deleting take it out, and
+/// sessions bound to no user never make an index key.
+#[tokio::test]
+async fn the_user_index_follows_every_write_in_the_same_step() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut raw = raw_connection().await;
+    let (ada, bob) = (
+        user_set(&mut raw, &prefix, "ada").await,
+        user_set(&mut raw, &prefix, "bob").await,
+    );
+
+    let plain = sessions(1, Duration::from_secs(60)).remove(0);
+    store.create(&plain).await.unwrap();
+    store.update(&plain, 1).await.unwrap();
+    store
+        .touch(&plain.id(), from_unix_millis(now_millis() + 120_000))
+        .await
+        .unwrap();
+    store.set(&plain).await.unwrap();
+    assert!(
+        non_session_keys(&mut raw, &prefix).await.is_empty(),
+        "an unbound session made index keys"
+    );
+
+    let mut s = bound("ada", Duration::from_secs(60));
+    let id = s.id().to_hex();
+    store.create(&s).await.unwrap();
+    assert_eq!(
+        raw_score(&mut raw, &ada, &id).await,
+        Some(s.expires_at_millis())
+    );
+    assert!(raw_pexpiretime(&mut raw, &ada).await >= s.expires_at_millis());
+
+    let later = now_millis() + 600_000;
+    assert!(store.touch(&s.id(), from_unix_millis(later)).await.unwrap());
+    assert_eq!(raw_score(&mut raw, &ada, &id).await, Some(later));
+    assert!(raw_pexpiretime(&mut raw, &ada).await >= later);
+
+    s.set_user(Some(
+        UserBinding::new("bob", std::collections::BTreeMap::new()).unwrap(),
+    ));
+    assert!(matches!(
+        store.update(&s, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    ));
+    assert!(!raw_exists(&mut raw, &ada).await, "ada still lists it");
+    // The stored expiry (the touch's, later than the session's) is kept.
+    assert_eq!(raw_score(&mut raw, &bob, &id).await, Some(later));
+    assert!(raw_pexpiretime(&mut raw, &bob).await >= later);
+
+    s.set_user(None);
+    store.update(&s, 2).await.unwrap();
+    assert!(
+        !raw_exists(&mut raw, &bob).await,
+        "unbinding left it listed"
+    );
+
+    let (a, b, c) = (
+        bound("ada", Duration::from_secs(60)),
+        bound("ada", Duration::from_secs(60)),
+        bound("ada", Duration::from_secs(60)),
+    );
+    create_all(&store, &[a.clone(), b.clone(), c.clone()]).await;
+    store.delete(&a.id()).await.unwrap();
+    assert_eq!(
+        store.delete_if(&b.id(), 1).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    let mut c_unbound = c.clone();
+    c_unbound.set_user(None);
+    store.set(&c_unbound).await.unwrap();
+    assert!(
+        !raw_exists(&mut raw, &ada).await,
+        "delete, delete_if or set left entries"
+    );
+    store.clear().await.unwrap();
+}
+
+/// `flush` drops the entries of expired records (the set itself lives as
+/// long as its latest record); `clear` drops this namespace's index keys
+/// and no other's, not even those of a namespace nested as `<prefix>user:`,
+/// whose session keys look like `<prefix>user:<hex>`.
+#[tokio::test]
+async fn flush_and_clear_keep_the_index_tidy_and_apart() {
+    let prefix = common::unique("test:") + ":";
+    let Some(outer) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let Some(nested) = store_with_prefix(format!("{prefix}user:")).await else {
+        return;
+    };
+    let mut raw = raw_connection().await;
+    let ada = user_set(&mut raw, &prefix, "ada").await;
+
+    let short = bound("ada", Duration::from_millis(200));
+    let long = bound("ada", Duration::from_secs(60));
+    create_all(&outer, &[short.clone(), long.clone()]).await;
+    let theirs = bound("ada", Duration::from_secs(60));
+    nested.create(&theirs).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(raw_score(&mut raw, &ada, &short.id().to_hex())
+        .await
+        .is_some());
+    assert_eq!(outer.flush().await.unwrap(), 0);
+    assert!(
+        raw_score(&mut raw, &ada, &short.id().to_hex())
+            .await
+            .is_none(),
+        "flush left an expired session's entry"
+    );
+    assert!(raw_score(&mut raw, &ada, &long.id().to_hex())
+        .await
+        .is_some());
+
+    assert_eq!(outer.len().await.unwrap(), 1, "index keys were counted");
+    assert_eq!(nested.len().await.unwrap(), 1);
+    nested.clear().await.unwrap();
+    assert!(
+        raw_exists(&mut raw, &ada).await,
+        "a nested clear took our index"
+    );
+    assert_eq!(outer.sessions_of("ada").await.unwrap().len(), 1);
+
+    nested.create(&theirs).await.unwrap();
+    outer.clear().await.unwrap();
+    // Left: the nested namespace's record and index key, no index key of
+    // ours (`<prefix>user:` and 40 hex digits).
+    let left = non_session_keys(&mut raw, &prefix).await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|k| k.starts_with(&format!("{prefix}user:")) && k.len() != prefix.len() + 45),
+        "clear left index keys of its own: {left:?}"
+    );
+    assert_eq!(
+        nested.sessions_of("ada").await.unwrap().len(),
+        1,
+        "the outer clear took the nested namespace's index"
+    );
+    assert_eq!(nested.len().await.unwrap(), 1);
+    nested.clear().await.unwrap();
+    assert!(non_session_keys(&mut raw, &prefix).await.is_empty());
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,8 @@ use server_session::conformance::StoreFactory;
 use server_session::redis::deadpool_redis::redis;
 use server_session::redis::{RedisClusterConfig, RedisClusterStore};
 use server_session::{
-    conformance_tests, Error, Session, SessionInterface, SessionToken, UpdateOutcome,
+    conformance_tests, from_unix_millis, now_millis, DeleteOutcome, Error, Session, SessionId,
+    SessionInterface, SessionToken, UpdateOutcome, UserBinding,
 };
 
 /// A store on the shared cluster under `prefix` waiting for
@@ -946,4 +948,191 @@ mod failover {
             "a write its replica acknowledged was lost (cut off)"
         );
     }
+}
+
+/// A session bound to `user`, live for `ttl`.
+fn bound(user: &str, ttl: Duration) -> Session {
+    let mut s = Session::new(SessionToken::generate().id(), ttl);
+    s.set_user(Some(UserBinding::new(user, BTreeMap::new()).unwrap()));
+    s
+}
+
+/// A connection to the whole cluster, routing each command by its key.
+async fn cluster_connection() -> redis::cluster_async::ClusterConnection {
+    let url = common::redis_cluster_url();
+    let nodes = RedisClusterConfig::from_url(&url).unwrap().nodes;
+    redis::cluster::ClusterClient::new(nodes)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .expect("a cluster connection")
+}
+
+/// The key of `user`'s index in the namespace `prefix`, hashed by Redis
+/// (`redis.sha1hex`, as the scripts do).
+async fn user_set(
+    raw: &mut redis::cluster_async::ClusterConnection,
+    prefix: &str,
+    user: &str,
+) -> String {
+    let hash: String = redis::cmd("EVAL")
+        .arg("return redis.sha1hex(ARGV[1])")
+        .arg(0)
+        .arg(user)
+        .query_async(raw)
+        .await
+        .unwrap();
+    format!("{prefix}user:{hash}")
+}
+
+async fn raw_score(
+    raw: &mut redis::cluster_async::ClusterConnection,
+    set: &str,
+    id: &SessionId,
+) -> Option<i64> {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(set)
+        .arg(id.to_hex())
+        .query_async(raw)
+        .await
+        .unwrap();
+    score.map(|s| s as i64)
+}
+
+/// A user's set lives in another slot than its sessions, so each write
+/// lists its record before writing it and the index is a superset. An
+/// entry whose record is not there (yet) is kept while its score, the
+/// expiry its write announced, is to come: the write may still land (a
+/// login in flight), and then it must be listed and revocable. Once the
+/// score has passed, reads and `flush` drop it.
+#[tokio::test]
+async fn an_entry_whose_write_may_still_land_is_kept_until_its_score_passes() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = cluster_store(prefix.clone(), 0).await else {
+        return;
+    };
+    let mut raw = cluster_connection().await;
+    let ada = user_set(&mut raw, &prefix, "ada").await;
+    let in_flight = bound("ada", Duration::from_secs(60));
+    let stale = bound("ada", Duration::from_secs(60));
+    let _: () = redis::cmd("ZADD")
+        .arg(&ada)
+        .arg(in_flight.expires_at_millis())
+        .arg(in_flight.id().to_hex())
+        .arg(now_millis() - 1)
+        .arg(stale.id().to_hex())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(store.sessions_of("ada").await.unwrap().is_empty());
+    assert!(
+        raw_score(&mut raw, &ada, &stale.id()).await.is_none(),
+        "sessions_of kept a stale entry"
+    );
+    assert!(store.revoke_user("ada", None).await.unwrap().is_empty());
+    store.flush().await.unwrap();
+    assert_eq!(
+        raw_score(&mut raw, &ada, &in_flight.id()).await,
+        Some(in_flight.expires_at_millis()),
+        "the entry of a write in flight was dropped"
+    );
+    // The write lands: listed and revocable.
+    store.create(&in_flight).await.unwrap();
+    let listed: Vec<SessionId> = store
+        .sessions_of("ada")
+        .await
+        .unwrap()
+        .iter()
+        .map(Session::id)
+        .collect();
+    assert_eq!(listed, vec![in_flight.id()]);
+    assert_eq!(
+        store.revoke_user("ada", None).await.unwrap(),
+        vec![in_flight.id()]
+    );
+    assert!(raw_score(&mut raw, &ada, &in_flight.id()).await.is_none());
+    store.clear().await.unwrap();
+}
+
+/// A touch extends a session past the score its entry was listed with
+/// (the cluster's touch is one request to the session's master). After
+/// that score, the session is still listed and revoked, and `flush` raises
+/// the entry's score to the record's expiry instead of dropping it; an
+/// expired session's entry goes at the next `flush`.
+#[tokio::test]
+async fn a_touched_session_stays_indexed_past_its_first_expiry() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = cluster_store(prefix.clone(), 0).await else {
+        return;
+    };
+    let mut raw = cluster_connection().await;
+    let ada = user_set(&mut raw, &prefix, "ada").await;
+    let touched = bound("ada", Duration::from_millis(300));
+    let expiring = bound("ada", Duration::from_millis(300));
+    store.create(&touched).await.unwrap();
+    store.create(&expiring).await.unwrap();
+    let later = now_millis() + 60_000;
+    assert!(store
+        .touch(&touched.id(), from_unix_millis(later))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let listed: Vec<SessionId> = store
+        .sessions_of("ada")
+        .await
+        .unwrap()
+        .iter()
+        .map(Session::id)
+        .collect();
+    assert_eq!(listed, vec![touched.id()]);
+    store.flush().await.unwrap();
+    assert_eq!(raw_score(&mut raw, &ada, &touched.id()).await, Some(later));
+    assert!(
+        raw_score(&mut raw, &ada, &expiring.id()).await.is_none(),
+        "flush left an expired session's entry"
+    );
+    assert_eq!(
+        store.revoke_user("ada", None).await.unwrap(),
+        vec![touched.id()]
+    );
+    let left: bool = redis::cmd("EXISTS")
+        .arg(&ada)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!left, "the revoked user's set is still there");
+}
+
+/// Rebinding lists the record under its new user before writing it, with
+/// the expiry it stores; deleting takes it out of its user's set.
+#[tokio::test]
+async fn rebinding_and_deleting_move_the_entry() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = cluster_store(prefix.clone(), 0).await else {
+        return;
+    };
+    let mut raw = cluster_connection().await;
+    let bob = user_set(&mut raw, &prefix, "bob").await;
+    let mut s = bound("ada", Duration::from_secs(60));
+    store.create(&s).await.unwrap();
+    let later = now_millis() + 600_000;
+    assert!(store.touch(&s.id(), from_unix_millis(later)).await.unwrap());
+    s.set_user(Some(UserBinding::new("bob", BTreeMap::new()).unwrap()));
+    assert_eq!(
+        store.update(&s, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    // The record keeps the touch's later expiry: so does its entry.
+    assert_eq!(raw_score(&mut raw, &bob, &s.id()).await, Some(later));
+    assert!(store.sessions_of("ada").await.unwrap().is_empty());
+    assert_eq!(store.sessions_of("bob").await.unwrap().len(), 1);
+    assert_eq!(
+        store.delete_if(&s.id(), 2).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    assert!(raw_score(&mut raw, &bob, &s.id()).await.is_none());
+    let plain = sessions(1).remove(0);
+    store.create(&plain).await.unwrap();
+    store.delete(&plain.id()).await.unwrap();
+    store.clear().await.unwrap();
 }

@@ -407,17 +407,16 @@ impl RedisClusterStore {
     }
 
     /// Tidies the user set `set` after the fact: each entry whose score
-    /// has passed (`due_by`, the app's clock: the master judges again) is
-    /// checked against its record, on the record's master. An entry whose
+    /// has passed (by the set master's clock) is checked against its record, on the record's master. An entry whose
     /// record is live and bound to the set's user has its score raised to
     /// the record's expiry (a touch may have extended it), so the next
     /// walk passes it over until then; the others are dropped if their
     /// score has still passed when the set's master drops them (a write
     /// that binds the record to this user since announced a later expiry
     /// first, so its entry stays).
-    async fn tidy_set(&self, what: &'static str, set: &str, due_by: i64) -> Result<()> {
+    async fn tidy_set(&self, what: &'static str, set: &str) -> Result<()> {
         let keyspace = &self.keyspace;
-        let due = keyspace.listed(what, set, Some(due_by)).await?;
+        let due = keyspace.listed(what, set, true).await?;
         if due.is_empty() {
             return Ok(());
         }
@@ -457,12 +456,11 @@ impl RedisClusterStore {
     }
 
     /// Walks this namespace's user sets on every master and tidies each
-    /// (see [`tidy_set`](Self::tidy_set)), a few at a time.
+    /// (as `flush` does), a few at a time.
     async fn tidy_index(&self, what: &'static str) -> Result<()> {
-        let due_by = session_store::now_millis();
         self.scan_batches(what, Keys::UserSets, |_, sets| async move {
             let tidied: Vec<Result<()>> = stream::iter(sets)
-                .map(|set| async move { self.tidy_set(what, &set, due_by).await })
+                .map(|set| async move { self.tidy_set(what, &set).await })
                 .buffer_unordered(FAN_OUT)
                 .collect()
                 .await;
@@ -714,11 +712,11 @@ impl SessionInterface for RedisClusterStore {
     /// own master, side by side; listed are those live and bound to
     /// exactly that user, in the set's order (by score, then id), as the
     /// single-node store lists them. The entries of the others are dropped
-    /// if their score has passed (see [`tidy_set`](Self::tidy_set)).
+    /// if their score has passed (as `flush` does).
     async fn sessions_of(&self, user_key: &str) -> Result<Vec<Session>> {
         let keyspace = &self.keyspace;
         let set = &keyspace.user_set(user_key);
-        let listed = keyspace.listed("sessions_of", set, None).await?;
+        let listed = keyspace.listed("sessions_of", set, false).await?;
         let fetched: Vec<(String, Result<Option<Vec<u8>>>)> = stream::iter(listed)
             .map(|id| async move {
                 let fetched = match keyspace.listed_id(id.as_bytes()) {
@@ -761,7 +759,7 @@ impl SessionInterface for RedisClusterStore {
         let keyspace = &self.keyspace;
         let set = &keyspace.user_set(user_key);
         let kept = except.map(SessionId::to_hex);
-        let listed = keyspace.listed("revoke_user", set, None).await?;
+        let listed = keyspace.listed("revoke_user", set, false).await?;
         let checked: Vec<Result<(String, Option<SessionId>)>> = stream::iter(listed)
             .filter(|id| std::future::ready(Some(id) != kept.as_ref()))
             .map(|id| async move {

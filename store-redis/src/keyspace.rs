@@ -374,30 +374,27 @@ impl Keyspace {
         }
     }
 
-    /// Cluster: the ids `set` lists; with `due_by`, only those whose score
-    /// is at or before it (Unix ms).
+    /// Cluster: the ids `set` lists; with `due`, only those whose score
+    /// has passed by its master's clock.
     pub(crate) async fn listed(
         &self,
         what: &'static str,
         set: &str,
-        due_by: Option<i64>,
+        due: bool,
     ) -> Result<Vec<String>> {
-        let range = match due_by {
-            Some(at) => {
-                let mut range = redis::cmd("ZRANGEBYSCORE");
-                range.arg(set).arg("-inf").arg(at);
-                range
-            }
-            None => {
-                let mut range = redis::cmd("ZRANGE");
-                range.arg(set).arg(0).arg(-1);
-                range
-            }
-        };
-        let range = &range;
+        let lua = &self.scripts.due;
         self.transport
             .run(what, move |mut conn| async move {
-                range.query_async(&mut conn).await
+                if due {
+                    lua.run(&mut conn, &[set], &[]).await
+                } else {
+                    redis::cmd("ZRANGE")
+                        .arg(set)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn)
+                        .await
+                }
             })
             .await
     }

@@ -9,8 +9,8 @@
 //! Each session is one string key, `<prefix><id>` (the id as exactly 64
 //! lowercase hex digits), holding the core's encoded record and expiring at
 //! the session's `expires_at` (absolute `PXAT`), so Redis itself drops
-//! expired sessions and [`flush`](session_store::SessionInterface::flush) has nothing to do
-//! (it returns 0).
+//! expired sessions and [`flush`](session_store::SessionInterface::flush) returns 0 (it only
+//! tidies the user index, below).
 //!
 //! **Clock.** Expiry is judged by Redis's clock (`TIME`) and the expiry in
 //! the record's header, never by the app server's clock, so app servers
@@ -36,20 +36,38 @@
 //! deletes it; `len` counts a corrupt string (as `get` reports it) but not
 //! a value of another type.
 //!
+//! **Sessions by user.** A session bound to a user (record format 3, its
+//! user key right after the header) is also listed in that user's sorted
+//! set, `<prefix>user:<SHA-1 of the user key, 40 hex digits>`: member the
+//! id, score the record's expiry, and the set lives at least as long as
+//! its latest session. On one server the scripts keep it in the same step
+//! as the write: they read the old record's user key from its stored bytes
+//! (so a rebinding moves the id between sets) and the new one's from the
+//! record they write. A session bound to no user costs a format-byte check.
+//! The key is hashed (`redis.sha1hex`, the one hash Redis's Lua offers, so
+//! a script can name the old user's set): no user key reaches a key or a
+//! glob, and since every read checks the record's own user key, keys whose
+//! hashes collided would only share a set. Index keys are neither session
+//! keys of any namespace nor another namespace's index keys (see
+//! `user_set_key`), so `len` never counts them and `clear` of a nested
+//! namespace never reaches them.
+//!
 //! Needs Redis 7.0 or later (`PEXPIREAT ... GT`).
 //!
 //! | operation | Redis | round trips |
 //! | --- | --- | --- |
 //! | `exists`, `has` | `EXISTS` | 1 |
 //! | `get`, `is_valid` | `GET` and `TIME`, pipelined (WRONGTYPE taken as an answer) | 1 |
-//! | `set` | `SET PXAT` | 1 |
-//! | `create` | `SET NX PXAT` | 1 |
-//! | `update` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `SET PXAT` the later expiry | 1 |
-//! | `delete_if` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `DEL` | 1 |
-//! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT`, else `PEXPIREAT GT` the header's expiry | 1 |
-//! | `delete` | `DEL` | 1 |
-//! | `flush` | nothing: Redis expires keys itself | 0 |
-//! | `clear` | `SCAN MATCH <prefix><64 hex digits>` + `UNLINK` per batch | 2 per 1000 keys |
+//! | `set` | Lua: `SET PXAT`, and the user index | 1 |
+//! | `create` | `SET NX PXAT`; Lua for a bound session (and its index entry) | 1 |
+//! | `update` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `SET PXAT` the later expiry, and the user index | 1 |
+//! | `delete_if` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `DEL`, and the user index | 1 |
+//! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT` (and a bound session's index score), else `PEXPIREAT GT` the header's expiry | 1 |
+//! | `delete` | Lua: `DEL`, and the user index | 1 |
+//! | `sessions_of` | Lua: drop the user's expired entries, answer the live records bound to exactly that user | 1 |
+//! | `revoke_user` | Lua: delete the listed records bound to exactly that user (their own key checked), but the one kept | 1 |
+//! | `flush` | `SCAN MATCH <prefix>user:<40 hex digits>` + Lua dropping expired entries per batch (Redis expires the records itself) | 2 per 1000 users |
+//! | `clear` | `SCAN MATCH <prefix><64 hex digits>` + `UNLINK` per batch, then the user sets: drop entries whose record is gone | 2 per 1000 keys |
 //! | `len` | `SCAN MATCH <prefix><64 hex digits>` + Lua count of live headers per batch | 2 per 1000 keys |
 //!
 //! **Namespace.** `clear` and `len` only ever touch keys that are exactly
@@ -93,6 +111,32 @@
 //! (replicas hold copies), one after another, with the same exact-prefix
 //! `SCAN` pattern and check as the single-node store: other stores' keys,
 //! on any node, are never touched.
+//!
+//! **Sessions by user.** A user's set hashes to another slot than the
+//! user's sessions, so no script can write both; and a session is found by
+//! its id alone, so its key cannot carry its user's hash tag. The index is
+//! therefore a superset of the records: a write that binds a session to a
+//! user first lists it in the user's set (`ZADD GT`, the score being the
+//! latest expiry any write announced, with the replica wait), then writes
+//! the record, whose own user key is the truth, checked on every read. An
+//! `update` asks for the entry only when the record changes user (its
+//! script compares the stored user key and, if so, answers the expiry the
+//! entry needs, writing nothing), so a save that keeps the binding costs
+//! no extra round trip. An entry whose record is gone or bound elsewhere is
+//! dropped only once its score has passed by the set master's clock: until
+//! then the write that added it may still land. Entries do not follow a
+//! `touch`; a reader finds the record live and keeps the entry, and `flush`
+//! raises its score.
+//!
+//! | operation | Redis Cluster, user index | round trips |
+//! | --- | --- | --- |
+//! | `create`, `set` of a bound session | `ZADD GT` on the user's master, then the write | 2 |
+//! | `update` changing the binding | the script (answers the expiry), `ZADD GT`, the script again | 3 |
+//! | `delete`, `delete_if` of a bound session | the script (answers the user key), then `ZREM` | 2 |
+//! | `sessions_of` | `ZRANGE`, then `GET`+`TIME` per record on its master, side by side, then dropping stale entries | 3 |
+//! | `revoke_user` | `ZRANGE`, then the checking delete script per record, side by side, then `ZREM` and dropping stale entries | 4 |
+//! | `flush` | per master: `SCAN` the user sets, per set the due entries, their records, and drop or raise | 1 + 2 per 1000 sets + 3 per set with due entries |
+//! | `clear` | per master: `SCAN` + the delete script per key (pipelined), `ZREM` from the sets, then as `flush` | as `flush`, + 2 per 1000 keys |
 //!
 //! **Failover.** The cluster client is told not to retry by itself: it
 //! would send again a request whose connection dropped after it left. The

@@ -422,6 +422,14 @@ return 0
 "
 );
 
+/// Cluster: the ids in the user set KEYS[1] whose score has passed by
+/// this node's clock.
+const DUE_LUA: &str = lua!(
+    r"
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_dec())
+"
+);
+
 /// Cluster: drops from the user set KEYS[1] each id in ARGV whose score
 /// (the latest expiry any write announced for it before writing) has
 /// passed by this node's clock. The caller saw each one's record not
@@ -518,6 +526,7 @@ pub(crate) struct Scripts {
     pub(crate) flush_index: Lua,
     pub(crate) clear_index: Lua,
     pub(crate) revoke_one: Lua,
+    pub(crate) due: Lua,
     pub(crate) drop_due: Lua,
 }
 
@@ -536,6 +545,7 @@ impl Scripts {
             flush_index: Lua::new(FLUSH_INDEX_LUA),
             clear_index: Lua::new(CLEAR_INDEX_LUA),
             revoke_one: Lua::new(REVOKE_ONE_LUA),
+            due: Lua::new(DUE_LUA),
             drop_due: Lua::new(DROP_DUE_LUA),
         }
     }
