@@ -565,8 +565,14 @@ async fn non_session_keys(
         .collect()
 }
 
+/// The last millisecond of the index window (2^17 ms) holding `expires_at`:
+/// the score a bound record's entry gets, covering its expiry.
+fn window_end(expires_at: i64) -> i64 {
+    (expires_at / 131_072 + 1) * 131_072 - 1
+}
+
 /// The index is kept by the same script as the write: each bound record
-/// is in its user's set, scored by its expiry, the set living at least as
+/// is in its user's set, scored by its expiry's window, the set living at least as
 /// long; a rebinding moves it, unbinding and deleting take it out, and
 /// sessions bound to no user never make an index key.
 #[tokio::test]
@@ -599,13 +605,16 @@ async fn the_user_index_follows_every_write_in_the_same_step() {
     store.create(&s).await.unwrap();
     assert_eq!(
         raw_score(&mut raw, &ada, &id).await,
-        Some(s.expires_at_millis())
+        Some(window_end(s.expires_at_millis()))
     );
     assert!(raw_pexpiretime(&mut raw, &ada).await >= s.expires_at_millis());
 
     let later = now_millis() + 600_000;
     assert!(store.touch(&s.id(), from_unix_millis(later)).await.unwrap());
-    assert_eq!(raw_score(&mut raw, &ada, &id).await, Some(later));
+    assert_eq!(
+        raw_score(&mut raw, &ada, &id).await,
+        Some(window_end(later))
+    );
     assert!(raw_pexpiretime(&mut raw, &ada).await >= later);
 
     s.set_user(Some(
@@ -617,7 +626,10 @@ async fn the_user_index_follows_every_write_in_the_same_step() {
     ));
     assert!(!raw_exists(&mut raw, &ada).await, "ada still lists it");
     // The stored expiry (the touch's, later than the session's) is kept.
-    assert_eq!(raw_score(&mut raw, &bob, &id).await, Some(later));
+    assert_eq!(
+        raw_score(&mut raw, &bob, &id).await,
+        Some(window_end(later))
+    );
     assert!(raw_pexpiretime(&mut raw, &bob).await >= later);
 
     s.set_user(None);
@@ -644,6 +656,61 @@ async fn the_user_index_follows_every_write_in_the_same_step() {
     assert!(
         !raw_exists(&mut raw, &ada).await,
         "delete, delete_if or set left entries"
+    );
+    store.clear().await.unwrap();
+}
+
+/// A busy session's saves and touches move its expiry a little each time:
+/// within one index window they leave its entry alone (no index write on
+/// the hot path), and it still covers the record's expiry.
+#[tokio::test]
+async fn saves_within_one_window_leave_the_index_entry_alone() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut raw = raw_connection().await;
+    let ada = user_set(&mut raw, &prefix, "ada").await;
+    // Expiring at the start of a window, so the saves below stay inside it.
+    let start = window_end(now_millis() + 600_000) + 1;
+    let mut s = bound("ada", Duration::from_secs(60));
+    s.set_expires_at_millis(start);
+    let id = s.id().to_hex();
+    store.create(&s).await.unwrap();
+    let created = raw_score(&mut raw, &ada, &id).await;
+    assert_eq!(created, Some(window_end(start)));
+    // Make the entry's score recognisably stale: a save that rewrote it
+    // would put it back.
+    redis::cmd("ZADD")
+        .arg(&ada)
+        .arg(window_end(start) + 5)
+        .arg(&id)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let mut version = 1;
+    for step in 1..=5 {
+        s.set_expires_at_millis(start + step * 1000);
+        version = match store.update(&s, version).await.unwrap() {
+            UpdateOutcome::Updated { version } => version,
+            other => panic!("{other:?}"),
+        };
+        assert!(store
+            .touch(&s.id(), from_unix_millis(start + step * 1000 + 500))
+            .await
+            .unwrap());
+    }
+    assert_eq!(
+        raw_score(&mut raw, &ada, &id).await,
+        Some(window_end(start) + 5),
+        "a save inside the window wrote the index"
+    );
+    // Past the window: the entry moves to cover the new expiry.
+    s.set_expires_at_millis(start + 200_000);
+    store.update(&s, version).await.unwrap();
+    assert_eq!(
+        raw_score(&mut raw, &ada, &id).await,
+        Some(window_end(start + 200_000))
     );
     store.clear().await.unwrap();
 }

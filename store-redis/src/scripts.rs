@@ -40,10 +40,17 @@ use redis::{Cmd, Script};
 ///   format 3 (bound to no user) or its key is unreadable.
 /// * `uset(prefix, u)`: the key of user `u`'s index in the namespace
 ///   `prefix`: a sorted set whose members are session ids (hex) and whose
-///   scores are the records' expiries (Unix ms).
-/// * `index_add(set, id, at)`: lists `id` in `set` with the expiry `at`
+///   scores cover the records' expiries (Unix ms; see `score`).
+/// * `index_add(set, id, at)`: lists `id` in `set` with the score `at`
 ///   (decimal ms) and makes the set live at least until `at` (`GT` only
 ///   ever lengthens its TTL; a set without one, just made, gets `at`).
+/// * `score(s, at)`: the index score of the expiry at byte `at` of `s`: the
+///   last millisecond of its window of 2^17 ms (about 131 s), so that the
+///   many saves of a busy session, each moving its expiry a little, find
+///   their entry's score still covering it and write nothing to the index
+///   (`same_window`). The cost: an expired session's entry outlives it by
+///   up to one window. Expiries beyond 2^52 ms (year 144,000) or before
+///   1970 score exactly (no window), so they always rewrite the entry.
 macro_rules! lua {
     ($body:literal) => {
         concat!(
@@ -123,6 +130,21 @@ local function index_add(set, id, at)
     redis.call('PEXPIREAT', set, at, 'NX')
   end
 end
+local W = 131072
+local function window(s, at)
+  local e = be64(s, at)
+  if e[1] >= 1048576 or e[1] < 0 then return nil end
+  return e[1] * 32768 + math.floor(e[2] / W)
+end
+local function score(s, at)
+  local w = window(s, at)
+  if w == nil then return dec(s, at) end
+  return string.format('%.0f', (w + 1) * W - 1)
+end
+local function same_window(a, at_a, b, at_b)
+  local wa = window(a, at_a)
+  return wa ~= nil and wa == window(b, at_b)
+end
 ",
             $body
         )
@@ -182,7 +204,9 @@ end
 if mode == 's' and (old or new) then
   local id = string.sub(KEYS[1], string.len(ARGV[4]) + 1)
   if old and old ~= new then redis.call('ZREM', uset(ARGV[4], old), id) end
-  if new then index_add(uset(ARGV[4], new), id, dec(at, 18)) end
+  if new and (new ~= old or not same_window(h, 18, at, 18)) then
+    index_add(uset(ARGV[4], new), id, score(at, 18))
+  end
 end
 return 2
 "
@@ -244,7 +268,7 @@ if old or new then
   if old and old ~= new then redis.call('ZREM', uset(ARGV[3], old), id) end
   if new then
     if later(be64(ARGV[1], 18), now_ms()) then
-      index_add(uset(ARGV[3], new), id, ARGV[2])
+      index_add(uset(ARGV[3], new), id, score(ARGV[1], 18))
     else
       redis.call('ZREM', uset(ARGV[3], new), id)
     end
@@ -263,7 +287,7 @@ const CREATE_BOUND_LUA: &str = lua!(
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then return 0 end
 local new = rkey(ARGV[1])
 if new and later(be64(ARGV[1], 18), now_ms()) then
-  index_add(uset(ARGV[3], new), string.sub(KEYS[1], string.len(ARGV[3]) + 1), ARGV[2])
+  index_add(uset(ARGV[3], new), string.sub(KEYS[1], string.len(ARGV[3]) + 1), score(ARGV[1], 18))
 end
 return 1
 "
@@ -291,10 +315,10 @@ if not later(stored, now_ms()) then return 0 end
 if later(be64(ARGV[1], 1), stored) then
   redis.call('SETRANGE', KEYS[1], 17, ARGV[1])
   redis.call('PEXPIREAT', KEYS[1], dec(ARGV[1], 1))
-  if ARGV[2] and string.byte(h, 1) == 3 then
+  if ARGV[2] and string.byte(h, 1) == 3 and not same_window(h, 18, ARGV[1], 1) then
     local u = ukey(KEYS[1])
     if u then
-      index_add(uset(ARGV[2], u), string.sub(KEYS[1], string.len(ARGV[2]) + 1), dec(ARGV[1], 1))
+      index_add(uset(ARGV[2], u), string.sub(KEYS[1], string.len(ARGV[2]) + 1), score(ARGV[1], 1))
     end
   end
 else
@@ -325,7 +349,7 @@ return n
 
 /// The live sessions of one user, on one server, in one step. KEYS[1] the
 /// user's set; ARGV[1] the prefix; ARGV[2] the user key. Entries whose
-/// expiry has passed go first (scores are the records' expiries); every
+/// score has passed go first (a score covers its record's expiry); every
 /// other entry whose record is not a live record bound to exactly that
 /// user is dropped too (none should be: every write keeps the set in the
 /// same step). Answers the listed records as id, bytes, id, bytes, ...
@@ -372,15 +396,30 @@ return out
 );
 
 /// Drops the entries of expired records from the user sets in KEYS (one
-/// server: a score is its record's expiry). A key that is not a sorted
-/// set is passed over. Answers how many entries went.
+/// server; ARGV[1] the prefix). Entries whose score has passed go at once;
+/// those whose score is within one window ahead (their record may have
+/// expired inside the window the score covers) go when their record is
+/// missing or expired, so an expired session's entry never outlives the
+/// first `flush` after its expiry. A key that is not a sorted set is passed
+/// over. Answers how many entries went.
 const FLUSH_INDEX_LUA: &str = lua!(
     r"
 local now = now_dec()
+local soon = string.format('%.0f', tonumber(now) + W)
+local clock = now_ms()
 local n = 0
 for i = 1, #KEYS do
   local gone = redis.pcall('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if type(gone) == 'number' then n = n + gone end
+  if type(gone) == 'number' then
+    n = n + gone
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. now, soon)) do
+      local h = redis.pcall('GETRANGE', ARGV[1] .. id, 0, 24)
+      if type(h) == 'string' and (h == '' or (not judge(h) and not later(be64(h, 18), clock))) then
+        redis.call('ZREM', KEYS[i], id)
+        n = n + 1
+      end
+    end
+  end
 end
 return n
 "

@@ -369,12 +369,13 @@ impl SessionInterface for RedisStore {
     /// entries whose score (their record's expiry) has passed.
     async fn flush(&self) -> Result<u64> {
         let lua = &self.keyspace.scripts.flush_index;
+        let prefix = self.keyspace.prefix.as_bytes();
         self.scan_keys("flush", Keys::UserSets, |sets| async move {
             let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
             let sets = &sets;
             self.server
                 .run("flush", move |mut conn| async move {
-                    lua.run::<_, i64>(&mut conn, sets, &[]).await
+                    lua.run::<_, i64>(&mut conn, sets, &[prefix]).await
                 })
                 .await
                 .map(drop)
