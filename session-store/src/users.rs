@@ -130,19 +130,28 @@ impl ActiveSession {
             return;
         };
         let me = self.session.id();
-        let mut others: Vec<Session> = match self.store.sessions_of(user_key).await {
-            Ok(listed) => listed.into_iter().filter(|s| s.id() != me).collect(),
+        let mut listed = match self.store.sessions_of(user_key).await {
+            Ok(listed) => listed,
             Err(e) => {
                 tracing::warn!(%me, error = %e, "could not list the user's sessions to enforce max_sessions_per_user");
                 return;
             }
         };
-        if others.len() < cap {
+        if listed.len() <= cap {
             return;
         }
-        // Most recently active first: the expiry moves with activity.
-        others.sort_by_key(|s| std::cmp::Reverse(s.expires_at_millis()));
-        for evicted in others.into_iter().skip(cap - 1) {
+        // Most recently active first (the expiry moves with activity), ties
+        // broken by id: one total order, so logins racing each other agree
+        // on which `cap` sessions stay, and never evict those (a session in
+        // the top `cap` of all is in the top `cap` of any listing that
+        // holds it). This login stays even when it ranks lower; a racing
+        // login that ranks above it may evict it.
+        listed.sort_by(|a, b| {
+            b.expires_at_millis()
+                .cmp(&a.expires_at_millis())
+                .then_with(|| b.id().cmp(&a.id()))
+        });
+        for evicted in listed.into_iter().skip(cap).filter(|s| s.id() != me) {
             if self.evict(&evicted, user_key).await {
                 if let Some(events) = &self.config.events {
                     events.emit(SessionEvent::Revoked {
