@@ -175,7 +175,7 @@ async fn sessions_card(manager: &SessionManager, user: &str, current: Option<Ses
                 class = if is_current { " current" } else { "" },
                 device = escape(device),
                 mark = if is_current { r#" <strong id="current-session">(this device)</strong>"# } else { "" },
-                created = when(s.created_at),
+                created = when(s.signed_in_at),
                 active = when(s.last_active_at),
             )
         })

@@ -16,7 +16,8 @@
 //! ```text
 //! [25..27]     user key length n, u16 big-endian (1..=256)
 //! [27..27+n]   user key, UTF-8
-//! [27+n..]     the format 2 body, then the binding's metadata map
+//! [27+n..]     the format 2 body, then the binding's metadata map and
+//!              when it was bound (i64 Unix milliseconds)
 //! ```
 //!
 //! The fixed header lets a backend read or patch the version and expiry
@@ -112,8 +113,12 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
     bincode::encode_into_std_write(&body, &mut out, bincode::config::standard())
         .map_err(encode_error)?;
     if let Some(user) = session.user() {
-        bincode::encode_into_std_write(&user.metadata, &mut out, bincode::config::standard())
-            .map_err(encode_error)?;
+        bincode::encode_into_std_write(
+            (&user.metadata, user.bound_at_ms),
+            &mut out,
+            bincode::config::standard(),
+        )
+        .map_err(encode_error)?;
     }
     Ok(out)
 }
@@ -138,13 +143,14 @@ pub fn decode(id: SessionId, bytes: &[u8], origin: &str) -> Result<Session> {
     }
     let mut user = None;
     if let Some(key) = user_key {
-        let (metadata, more): (BTreeMap<String, String>, usize) =
+        let ((metadata, bound_at_ms), more): ((BTreeMap<String, String>, i64), usize) =
             bincode::decode_from_slice(&body_bytes[read..], config.with_limit::<65536>())
                 .map_err(|e| Error::decode(origin, e))?;
         read += more;
         user = Some(UserBinding {
             key: key.to_owned(),
             metadata,
+            bound_at_ms,
         });
     }
     if body_start + read != bytes.len() {
@@ -446,6 +452,7 @@ mod tests {
         s.set_user(Some(UserBinding {
             key: too_long,
             metadata: BTreeMap::new(),
+            bound_at_ms: 0,
         }));
         assert!(matches!(encode(&s, 1), Err(Error::Encode { .. })));
     }

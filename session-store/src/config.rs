@@ -75,9 +75,8 @@ pub struct SessionConfig {
     /// At most this many live sessions per user (Spring Session's
     /// concurrent-session control; default `None`, no cap). When a commit
     /// binds a session to a user ([`ActiveSession::set_user`](crate::ActiveSession::set_user))
-    /// and the user then has more, the least recently active others are
-    /// revoked (expiry order, which `touch_after` keeps within a minute of
-    /// the last activity). The commit lists and revokes after its own write:
+    /// and the user then has more, the others that signed in longest ago
+    /// are revoked. The commit lists and revokes after its own write:
     /// two logins at once each see the other, so together they overshoot the
     /// cap by at most one, and only until the later one finishes its revoke.
     /// Needs a store with a user index

@@ -4,9 +4,8 @@
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
-
-use tokio::sync::mpsc;
 
 use crate::id::SessionId;
 
@@ -62,10 +61,12 @@ pub enum SessionEvent {
 /// [`SessionConfig::events`](crate::SessionConfig::events).
 ///
 /// Events are queued (up to [`EVENT_QUEUE`]) and handed to `on_event` one
-/// at a time by a background task, never on the request's path: a slow hook
-/// delays only later events, a full queue drops events (counted, see
-/// [`EventHook::dropped`]) instead of blocking a request, and a hook that
-/// panics loses that one event, nothing else.
+/// at a time by a thread of the hook's own, never on the request's path nor
+/// on an async runtime (a blocking hook is fine, and events keep flowing
+/// whichever runtimes come and go): a slow hook delays only later events, a
+/// full queue drops events (counted, see [`EventHook::dropped`]) instead of
+/// blocking a request, and a hook that panics loses that one event, nothing
+/// else.
 pub trait SessionEvents: Send + Sync + 'static {
     /// Called once per event, in the order they happened on this process.
     fn on_event(&self, event: SessionEvent);
@@ -88,8 +89,8 @@ pub struct EventHook {
 
 struct HookInner {
     hook: Arc<dyn SessionEvents>,
-    /// Started on the first event, on the runtime that sent it.
-    queue: OnceLock<mpsc::Sender<SessionEvent>>,
+    /// The delivery thread's queue, started with the first event.
+    queue: OnceLock<SyncSender<SessionEvent>>,
     dropped: AtomicU64,
 }
 
@@ -113,49 +114,54 @@ impl EventHook {
         }
     }
 
-    /// How many events were dropped because the queue was full (or no
-    /// tokio runtime was running to deliver them).
+    /// How many events were dropped because the queue was full (or the
+    /// delivery thread could not be started).
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
     /// Queues `event` without waiting.
     pub(crate) fn emit(&self, event: SessionEvent) {
-        let Some(queue) = self.queue() else {
-            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+        let sent = match self.queue() {
+            Some(queue) => queue.try_send(event),
+            None => Err(TrySendError::Disconnected(event)),
         };
-        if queue.try_send(event).is_err() {
+        if sent.is_err() {
             let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
-                tracing::warn!(dropped, "session event queue is full; events dropped");
+                tracing::warn!(
+                    dropped,
+                    "session events dropped (queue full or no delivery thread)"
+                );
             }
         }
     }
 
-    fn queue(&self) -> Option<&mpsc::Sender<SessionEvent>> {
+    fn queue(&self) -> Option<&SyncSender<SessionEvent>> {
         if let Some(queue) = self.inner.queue.get() {
             return Some(queue);
         }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(self.inner.queue.get_or_init(|| {
-            let (sender, mut receiver) = mpsc::channel::<SessionEvent>(EVENT_QUEUE);
-            let hook = self.inner.hook.clone();
-            runtime.spawn(async move {
-                while let Some(event) = receiver.recv().await {
-                    let hook = hook.clone();
-                    // A slow hook runs off the async workers; a panicking
-                    // one loses its event only.
-                    let delivered = tokio::task::spawn_blocking(move || {
-                        std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_event(event)))
-                    })
-                    .await;
-                    if !matches!(delivered, Ok(Ok(()))) {
+        let (sender, receiver) = mpsc::sync_channel::<SessionEvent>(EVENT_QUEUE);
+        let hook = self.inner.hook.clone();
+        let started = std::thread::Builder::new()
+            .name("session-events".into())
+            .spawn(move || {
+                // Ends when every EventHook clone is gone.
+                while let Ok(event) = receiver.recv() {
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| hook.on_event(event))).is_err()
+                    {
                         tracing::warn!("the session event hook panicked; the event is lost");
                     }
                 }
             });
-            sender
-        }))
+        match started {
+            // Two first events at once may start two threads: the one whose
+            // sender is not kept ends at once.
+            Ok(_) => Some(self.inner.queue.get_or_init(|| sender)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the session event thread");
+                None
+            }
+        }
     }
 }

@@ -108,6 +108,9 @@ pub struct UserBinding {
     pub key: String,
     /// Small app-chosen labels set at login (a device name, an IP range).
     pub metadata: BTreeMap<String, String>,
+    /// When the session was bound (the login), Unix milliseconds: unlike
+    /// `created_at`, which a login from an older anonymous session keeps.
+    pub bound_at_ms: i64,
 }
 
 /// The longest user key, in bytes.
@@ -144,7 +147,11 @@ impl UserBinding {
                 ),
             });
         }
-        Ok(UserBinding { key, metadata })
+        Ok(UserBinding {
+            key,
+            metadata,
+            bound_at_ms: now_millis(),
+        })
     }
 }
 

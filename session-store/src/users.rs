@@ -23,6 +23,8 @@ pub struct UserSession {
     /// When the session was created (a login keeps it: see
     /// [`ActiveSession::regenerate`]).
     pub created_at: OffsetDateTime,
+    /// When the session was bound to the user (the login).
+    pub signed_in_at: OffsetDateTime,
     /// When the session was last used, as far as the store knows: each
     /// request moves the expiry, written once it moved by
     /// [`touch_after`](crate::SessionConfig::touch_after), so this can be up
@@ -55,6 +57,9 @@ impl SessionManager {
                 UserSession {
                     id: s.id(),
                     created_at: s.created_at(),
+                    signed_in_at: from_unix_millis(
+                        s.user().map_or(s.created_at_millis(), |u| u.bound_at_ms),
+                    ),
                     last_active_at: from_unix_millis(last_active),
                     expires_at: s.expires_at(),
                     metadata: s.user().map(|u| u.metadata.clone()).unwrap_or_default(),
@@ -90,7 +95,7 @@ impl SessionManager {
 
 impl ActiveSession {
     /// The events of a successful commit that started in state `before`.
-    pub(crate) fn announce(&self, before: &State) {
+    pub(crate) fn announce(&mut self, before: &State) {
         let Some(events) = &self.config.events else {
             return;
         };
@@ -107,7 +112,8 @@ impl ActiveSession {
                     user_key,
                 }
             }
-            (State::Destroyed { .. }, State::Destroyed { .. }) => match self.ended {
+            // Once: a second commit of the logout deletes nothing more.
+            (State::Destroyed { .. }, State::Destroyed { .. }) => match self.ended.take() {
                 Some(id) => SessionEvent::Destroyed { id, user_key },
                 None => return,
             },
@@ -118,7 +124,8 @@ impl ActiveSession {
 
     /// After a commit that bound the session to a user: revokes the least
     /// recently active other sessions of that user beyond
-    /// [`max_sessions_per_user`](crate::SessionConfig::max_sessions_per_user).
+    /// [`max_sessions_per_user`](crate::SessionConfig::max_sessions_per_user),
+    /// the least recently signed-in first.
     /// The login itself succeeded whatever happens here: failures are
     /// logged, not returned.
     pub(crate) async fn enforce_user_cap(&self) {
@@ -140,15 +147,19 @@ impl ActiveSession {
         if listed.len() <= cap {
             return;
         }
-        // Most recently active first (the expiry moves with activity), ties
-        // broken by id: one total order, so logins racing each other agree
-        // on which `cap` sessions stay, and never evict those (a session in
-        // the top `cap` of all is in the top `cap` of any listing that
-        // holds it). This login stays even when it ranks lower; a racing
-        // login that ranks above it may evict it.
+        // Latest login first (then latest expiry, then id): one total order,
+        // so logins racing each other agree on which `cap` sessions stay and
+        // never evict those (a session in the top `cap` of all is in the top
+        // `cap` of any listing that holds it). The login time, not the
+        // expiry: a login from an old anonymous session keeps its
+        // `created_at`, so its expiry can be capped by the absolute timeout
+        // below older logins'. This login stays even when it ranks lower; a
+        // racing login that ranks above it may evict it.
+        let bound_at = |s: &Session| s.user().map_or(i64::MIN, |u| u.bound_at_ms);
         listed.sort_by(|a, b| {
-            b.expires_at_millis()
-                .cmp(&a.expires_at_millis())
+            bound_at(b)
+                .cmp(&bound_at(a))
+                .then_with(|| b.expires_at_millis().cmp(&a.expires_at_millis()))
                 .then_with(|| b.id().cmp(&a.id()))
         });
         for evicted in listed.into_iter().skip(cap).filter(|s| s.id() != me) {
