@@ -20,9 +20,11 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const USAGE: &str = "usage: server-session-bench [--backend memory|redis|sqlite|postgres|mysql|fs]
   [--op load_save,create,load,delete,request] [-c 1,32] [-n OPS] [--secs S]
-  [--size small|large] [--pool CONNS] [--prefill N] [--bound yes|no]
---bound yes binds every session to one of 1000 users (the user index at work);
-its rows are labelled server-session+index.
+  [--size small|large] [--pool CONNS] [--prefill N] [--bound yes|no|bytes]
+--bound yes binds every session to one of 1000 users (the user index at work),
+rows labelled server-session+index; --bound bytes stores the same user key and
+label as plain data instead (same record size, no index), rows labelled
+server-session+bytes.
 Lists run as a matrix (for each -c, each --op) in one process; each cell stops after
 n ops or S seconds, whichever comes first.
 env: REDIS_URL (redis://127.0.0.1:6379), DATABASE_URL or PG_URL
@@ -73,8 +75,10 @@ struct Args {
     prefill: usize,
 }
 
-/// Whether sessions are bound to a user (`--bound yes`).
-static BOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// `--bound`: 0 = no (the peer's record), 1 = yes (bound to a user), 2 =
+/// bytes (unbound, but carrying the same user key and label as data
+/// entries: the baseline that isolates what the index itself costs).
+static BOUND: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 fn die(msg: &str) -> ! {
     eprintln!("server-session-bench: {msg}\n{USAGE}");
@@ -115,7 +119,15 @@ fn parse_args() -> Args {
             "--size" if v == "small" || v == "large" => a.size = v,
             "--pool" => a.pool = num(&k, &v),
             "--prefill" => a.prefill = num(&k, &v),
-            "--bound" => BOUND.store(v == "yes", Relaxed),
+            "--bound" => BOUND.store(
+                match v.as_str() {
+                    "no" => 0,
+                    "yes" => 1,
+                    "bytes" => 2,
+                    _ => die("--bound yes|no|bytes"),
+                },
+                Relaxed,
+            ),
             _ => die(&format!("bad argument {k} {v}")),
         }
     }
@@ -129,13 +141,22 @@ fn parse_args() -> Args {
 fn new_session(large: bool) -> Session {
     let mut session = peer_record(Duration::from_secs(3600), large)
         .unwrap_or_else(|e| die(&format!("building the record: {e}")));
-    if BOUND.load(Relaxed) {
+    let mode = BOUND.load(Relaxed);
+    if mode != 0 {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let user = format!("user-{}", NEXT.fetch_add(1, Relaxed) % 1000);
-        let device = std::collections::BTreeMap::from([("device".to_owned(), "bench".to_owned())]);
-        let binding = server_session::UserBinding::new(user, device)
-            .unwrap_or_else(|e| die(&format!("binding the record: {e}")));
-        session.set_user(Some(binding));
+        if mode == 1 {
+            let device =
+                std::collections::BTreeMap::from([("device".to_owned(), "bench".to_owned())]);
+            let binding = server_session::UserBinding::new(user, device)
+                .unwrap_or_else(|e| die(&format!("binding the record: {e}")));
+            session.set_user(Some(binding));
+        } else {
+            let same_bytes = session
+                .insert("user_key", &user)
+                .and_then(|()| session.insert("device", "bench"));
+            same_bytes.unwrap_or_else(|e| die(&format!("building the record: {e}")));
+        }
     }
     session
 }
@@ -517,10 +538,10 @@ async fn main() {
             out.lat_ns.sort_unstable();
             let ops = out.lat_ns.len();
             let row = Row {
-                r#impl: if BOUND.load(Relaxed) {
-                    "server-session+index"
-                } else {
-                    "server-session"
+                r#impl: match BOUND.load(Relaxed) {
+                    1 => "server-session+index",
+                    2 => "server-session+bytes",
+                    _ => "server-session",
                 },
                 backend: &a.backend,
                 op: op.name(),
