@@ -22,7 +22,9 @@ use redis::{Cmd, Script};
 /// * `judge(h)`: `nil` when `h` (a value's first 25 bytes) is a readable
 ///   record header with a version in `1..=i64::MAX`; otherwise the script's
 ///   answer for it: -1 unreadable header, -2 version out of range.
-/// * `header(key)`: the record's 25-byte header; `nil` when the key is
+/// * `header(key)`: the record's first 283 bytes (the 25-byte header, and
+///   for format 3 the user key after it, so `rkey` reads it without another
+///   call); `nil` when the key is
 ///   missing; `nil, code` when the value is no record: -1 or -2 as `judge`
 ///   says, -3 when it is not a string (the caller reports each as
 ///   undecodable rather than guessing).
@@ -92,7 +94,7 @@ local function judge(h)
   return nil
 end
 local function header(key)
-  local h = redis.pcall('GETRANGE', key, 0, 24)
+  local h = redis.pcall('GETRANGE', key, 0, 282)
   if type(h) ~= 'string' then
     if type(h) == 'table' and type(h.err) == 'string' and string.sub(h.err, 1, 9) == 'WRONGTYPE' then
       return nil, -3
@@ -184,7 +186,7 @@ local stored = be64(h, 18)
 if not later(stored, now_ms()) then return 0 end
 if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
 local old, new
-if string.byte(h, 1) == 3 then old = ukey(KEYS[1]) end
+old = rkey(h)
 if string.byte(ARGV[2], 1) == 3 then new = rkey(ARGV[2]) end
 local mode = ARGV[3]
 local keep = later(stored, be64(ARGV[2], 18))
@@ -226,8 +228,7 @@ if bad then return bad end
 if h == nil then return 0 end
 if not later(be64(h, 18), now_ms()) then return 0 end
 if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
-local old
-if string.byte(h, 1) == 3 then old = ukey(KEYS[1]) end
+local old = rkey(h)
 redis.call('DEL', KEYS[1])
 if old then
   if ARGV[2] ~= 's' then return old end
@@ -316,7 +317,7 @@ if later(be64(ARGV[1], 1), stored) then
   redis.call('SETRANGE', KEYS[1], 17, ARGV[1])
   redis.call('PEXPIREAT', KEYS[1], dec(ARGV[1], 1))
   if ARGV[2] and string.byte(h, 1) == 3 and not same_window(h, 18, ARGV[1], 1) then
-    local u = ukey(KEYS[1])
+    local u = rkey(h)
     if u then
       index_add(uset(ARGV[2], u), string.sub(KEYS[1], string.len(ARGV[2]) + 1), score(ARGV[1], 1))
     end
