@@ -41,6 +41,7 @@ use crate::session::{now_millis, unix_millis, Session};
 use crate::store::{DeleteOutcome, FlushReport, SessionInterface, UpdateOutcome};
 
 pub mod cases;
+pub mod index_battery;
 
 pub use crate::conformance_tests;
 
