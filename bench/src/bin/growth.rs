@@ -182,6 +182,9 @@ async fn connect(a: &Args) -> Res<Target> {
             let store = RedisStore::connect_with(RedisConfig {
                 prefix: format!("growth_bench:{pid}:"),
                 pool_size: a.pool as usize,
+                // Filling keeps 64 creates in flight on a shared 2-core
+                // machine: the default 5 s let a fill fail under load.
+                operation_timeout: Duration::from_secs(30),
                 ..RedisConfig::new(url)
             })
             .await?;
@@ -189,7 +192,7 @@ async fn connect(a: &Args) -> Res<Target> {
                 store: Arc::new(store),
                 pg: None,
                 fill: "store create, pipelined",
-                create_tasks: 128,
+                create_tasks: 64,
             }
         }
         "postgres" => {
@@ -266,7 +269,20 @@ async fn create_many(
                     if let Some(at) = expires_at {
                         session.set_expires_at_millis(at);
                     }
-                    store.create(&session).await?;
+                    // A create that timed out may have landed: on the retry
+                    // its (random, 256-bit) id colliding means it did.
+                    let mut tries = 0;
+                    loop {
+                        match store.create(&session).await {
+                            Ok(()) => break,
+                            Err(server_session::Error::IdCollision { .. }) if tries > 0 => break,
+                            Err(e) if tries < 3 => {
+                                eprintln!("growth: create failed, retrying: {e}");
+                                tries += 1;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                     made.push(session.id());
                 }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(made)
