@@ -357,7 +357,8 @@ impl ActiveSession {
     /// conflicts and resolving lost replies.
     async fn save(&mut self, mut version: u64) -> Result<Option<Cookie<'static>>> {
         let id = self.session.id();
-        for _ in 0..self.config.max_commit_attempts {
+        for attempt in 0..self.config.max_commit_attempts {
+            contention_pause(attempt).await;
             let write_id = self.write_id();
             self.stamp(write_id);
             let failure = match self.store.update(&self.session, version).await {
@@ -427,7 +428,8 @@ impl ActiveSession {
     async fn create_private(&mut self) -> Result<usize> {
         let mut collisions = 0;
         let mut failure: Option<Error> = None;
-        for _ in 0..self.config.max_commit_attempts {
+        for attempt in 0..self.config.max_commit_attempts {
+            contention_pause(attempt).await;
             if let Some(doubt) = self.create_in_doubt {
                 let id = self.session.id();
                 match self.reread(&id).await {
@@ -548,7 +550,8 @@ impl ActiveSession {
             self.update_private().await?;
         }
         // 3. Retire the old record, carrying over saves that beat us to it.
-        for _ in 0..self.config.max_commit_attempts {
+        for attempt in 0..self.config.max_commit_attempts {
+            contention_pause(attempt).await;
             let lost_reply = match self.store.delete_if(&old_id, old_version).await {
                 Ok(DeleteOutcome::Deleted) => {
                     let version = self.regen.created_version.unwrap_or(1);
@@ -633,7 +636,8 @@ impl ActiveSession {
     async fn update_private(&mut self) -> Result<()> {
         let id = self.session.id();
         let mut version = self.regen.created_version.unwrap_or(1);
-        for _ in 0..self.config.max_commit_attempts {
+        for attempt in 0..self.config.max_commit_attempts {
+            contention_pause(attempt).await;
             let covers = self.changes.len();
             let write_id = rand::rng().next_u64();
             self.session.set_recent_writes(Vec::new());
@@ -696,5 +700,57 @@ impl ActiveSession {
         self.regen = Regeneration::default();
         self.create_in_doubt = None;
         self.mark_gone()
+    }
+}
+
+/// Waits before attempt `attempt` (0-based) of a commit loop. The first two
+/// go at once; later ones, which only happen when other writers keep
+/// winning the same record, first yield and then sleep a random share of a
+/// window that doubles up to 16 ms. Without it, writers that lost together
+/// retry together and lose together again: 16 requests incrementing one
+/// SQLite session used to exhaust 128 attempts now and then.
+async fn contention_pause(attempt: u32) {
+    match attempt {
+        0 | 1 => {}
+        2..=4 => tokio::task::yield_now().await,
+        _ => {
+            let window_us = 1000u64 << (attempt - 5).min(4);
+            let pause = Duration::from_micros(rand::rng().next_u64() % window_us);
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contention_pause;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// The first retries go at once; later ones spread out, but never wait
+    /// longer than the 16 ms window, whatever the attempt number.
+    #[tokio::test(start_paused = true)]
+    async fn contention_pauses_start_at_zero_and_stay_bounded() {
+        for attempt in 0..5 {
+            let start = Instant::now();
+            contention_pause(attempt).await;
+            assert_eq!(start.elapsed(), Duration::ZERO, "attempt {attempt} waited");
+        }
+        let mut total = Duration::ZERO;
+        for attempt in 5..200 {
+            let start = Instant::now();
+            contention_pause(attempt).await;
+            let waited = start.elapsed();
+            assert!(
+                waited <= Duration::from_millis(17),
+                "attempt {attempt} waited {waited:?}"
+            );
+            total += waited;
+        }
+        // 195 draws from windows of 1..16 ms: all zero would mean no spread.
+        assert!(
+            total > Duration::from_millis(100),
+            "retries did not spread: {total:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! rebinding, and lifecycle events (failed commits, repeated commits,
 //! runtimes). The store is the reference store, wrapped where a test needs
 //! to step in between two store calls of a commit.
+#![cfg(feature = "conformance")]
 
 use std::collections::BTreeMap;
 use std::fmt;

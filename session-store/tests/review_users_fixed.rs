@@ -2,6 +2,7 @@
 //! by login time (a login from an older anonymous session still enforces
 //! it), a logout committed twice announces once, and events reach the hook
 //! whichever runtime sent them.
+#![cfg(feature = "conformance")]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! Sessions by user through the manager: binding at login, listing,
 //! revoking (all, all but the current one), the per-user cap under
 //! concurrent logins, and lifecycle events that never hold a request up.
+#![cfg(feature = "conformance")]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
