@@ -581,7 +581,13 @@ async fn cleanup(target: &Target) -> Res<()> {
                 .execute(&pg.pool)
                 .await?;
         }
-        None => target.store.clear().await?,
+        None => {
+            target.store.clear().await?;
+            // A create that timed out on this side may still land after
+            // the first pass: a second one, a moment later, gets it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            target.store.clear().await?;
+        }
     }
     Ok(())
 }
