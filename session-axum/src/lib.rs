@@ -77,7 +77,9 @@ use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use session_store::{jar_from_cookie_headers, ActiveSession, Error, SessionId, SessionManager};
+use session_store::{
+    session_jar_from_cookie_headers, ActiveSession, Error, SessionId, SessionManager,
+};
 use tokio::sync::OnceCell;
 use tower::{Layer, Service};
 
@@ -324,7 +326,9 @@ impl Shared {
         self.slot
             .get_or_try_init(|| async {
                 let values = headers.get_all(COOKIE).iter();
-                let jar = jar_from_cookie_headers(values.filter_map(|v| v.to_str().ok()));
+                let name = self.manager.config().effective_cookie_name();
+                let jar =
+                    session_jar_from_cookie_headers(values.filter_map(|v| v.to_str().ok()), &name);
                 self.manager
                     .start(&jar)
                     .await

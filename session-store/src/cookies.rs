@@ -52,6 +52,54 @@ pub fn jar_from_cookie_headers<'a>(headers: impl IntoIterator<Item = &'a str>) -
     jar
 }
 
+/// What [`jar_from_cookie_headers`] would build, but holding only the
+/// cookie called `name` (the session cookie): the same parsing and the same
+/// duplicate rule, without parsing, copying and hashing every other cookie
+/// of the request. This is what the framework layers use on every request.
+pub fn session_jar_from_cookie_headers<'a>(
+    headers: impl IntoIterator<Item = &'a str>,
+    name: &str,
+) -> CookieJar {
+    // `None`: not seen; `Some(None)`: seen with two different values.
+    let mut found: Option<Option<Cookie<'static>>> = None;
+    for header in headers {
+        for piece in header.split(';') {
+            let piece = piece.trim();
+            let raw_name = piece.split('=').next().unwrap_or_default().trim();
+            // A percent-encoded name may decode to ours: let the parser say.
+            if raw_name != name && !raw_name.contains('%') {
+                continue;
+            }
+            let Ok(cookie) = Cookie::parse_encoded(piece.to_owned()) else {
+                continue;
+            };
+            if cookie.name() != name {
+                continue;
+            }
+            match &mut found {
+                None => found = Some(Some(cookie)),
+                Some(slot) => {
+                    if slot
+                        .as_ref()
+                        .is_some_and(|kept| kept.value() != cookie.value())
+                    {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+    }
+    let mut jar = CookieJar::new();
+    match found {
+        Some(Some(cookie)) => jar.add_original(cookie),
+        Some(None) => {
+            tracing::debug!(cookie = %name, "cookie sent twice with different values; ignored")
+        }
+        None => {}
+    }
+    jar
+}
+
 /// The session cookie's value as this request presented it.
 pub(crate) struct Presented {
     /// The token, verified when signing is on.
@@ -137,5 +185,57 @@ mod tests {
         assert_eq!(jar.get("id").map(|c| c.value()), Some("a"));
         let jar = jar_from_cookie_headers(["id=a; id=b; id=a"]);
         assert!(jar.get("id").is_none(), "a third copy does not revive it");
+    }
+
+    /// The session-cookie-only jar agrees with the full jar on the session
+    /// cookie for every header set here: duplicates, encodings, garbage.
+    #[test]
+    fn the_session_jar_agrees_with_the_full_jar() {
+        let pieces = [
+            "id=a",
+            "id=b",
+            " id = a ",
+            "%69d=a",
+            "%69d=b",
+            "i%64=a",
+            "id=%61",
+            "id=a%",
+            "id",
+            "id=",
+            "=a",
+            "other=1",
+            "idx=a",
+            "xid=a",
+            "ID=a",
+            "id=\"a\"",
+            "id=a=b",
+            "%=x",
+            "",
+            " ",
+            ";",
+            "id=a;id=a",
+            "id=\u{e9}",
+        ];
+        let mut cases: Vec<Vec<String>> = Vec::new();
+        for a in pieces {
+            cases.push(vec![a.to_owned()]);
+            for b in pieces {
+                cases.push(vec![format!("{a}; {b}")]);
+                cases.push(vec![a.to_owned(), b.to_owned()]);
+                for c in ["id=a", "%69d=c", "x=1"] {
+                    cases.push(vec![format!("{a};{b}"), c.to_owned()]);
+                }
+            }
+        }
+        for headers in &cases {
+            let full = jar_from_cookie_headers(headers.iter().map(String::as_str));
+            let ours = session_jar_from_cookie_headers(headers.iter().map(String::as_str), "id");
+            assert_eq!(
+                full.get("id").map(|c| c.value().to_owned()),
+                ours.get("id").map(|c| c.value().to_owned()),
+                "headers {headers:?}"
+            );
+            assert_eq!(ours.iter().count(), usize::from(ours.get("id").is_some()));
+        }
     }
 }

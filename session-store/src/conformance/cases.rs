@@ -976,7 +976,10 @@ pub async fn manager_concurrent_increments_exact(ctx: Ctx) -> CaseResult {
         "{acked} acknowledged increments and {in_doubt} in doubt counted {count}"
     );
     // The doubt is for loaded machines; most increments must still land.
-    check!(acked >= 32, "only {acked} of 64 increments were acknowledged");
+    check!(
+        acked >= 32,
+        "only {acked} of 64 increments were acknowledged"
+    );
     Ok(())
 }
 
