@@ -38,6 +38,14 @@ impl Backend {
 /// Framework-agnostic: it reads a [`CookieJar`] and returns the
 /// `Set-Cookie` to send. The axum layer (crate `session-axum`) wraps it.
 ///
+/// It runs on Tokio with the time driver on (`enable_time` or
+/// `enable_all`, as `#[tokio::main]`, `#[tokio::test]`, axum and actix-web
+/// have it): commits that keep losing to other writers of the same session
+/// pause a random moment before they retry, and a commit whose reply was
+/// lost pauses before it re-reads. A commit that loses all of
+/// [`SessionConfig::max_commit_attempts`] (128) gives up with
+/// [`Error::Contention`](crate::Error::Contention) after about a second.
+///
 /// ```
 /// # use std::sync::Arc;
 /// # use session_store::{SessionManager, SessionConfig};

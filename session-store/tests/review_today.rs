@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use session_store::conformance::{cases, factory, run_case, ReferenceStore};
-use session_store::cookie::{Cookie, CookieJar};
+use session_store::cookie::CookieJar;
 use session_store::time::OffsetDateTime;
 use session_store::{
     jar_from_cookie_headers, session_jar_from_cookie_headers, DeleteOutcome, Error, Result,
@@ -275,68 +275,6 @@ async fn increments_case_passes_a_store_that_loses_every_reply() {
     )
     .await;
     assert_eq!(outcome, Ok(true));
-}
-
-/// The pause needs tokio's timer. A runtime built without `enable_time`
-/// (the memory store needs no timer of its own) used to commit contended
-/// increments; now a commit that reaches its sixth attempt panics with
-/// "timers are disabled".
-#[test]
-fn contended_commits_on_a_runtime_without_timers() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        rt.block_on(async {
-            let store: Arc<dyn SessionInterface> = Arc::new(AppliedThenLost {
-                yielding: true,
-                ..AppliedThenLost::default()
-            });
-            let m = Arc::new(
-                SessionManager::new(
-                    store,
-                    SessionConfig {
-                        secure: false,
-                        ..SessionConfig::default()
-                    },
-                )
-                .expect("config"),
-            );
-            let mut s = m.start(&CookieJar::new()).await.expect("start");
-            s.insert("n", &0u64).expect("insert");
-            let cookie: Cookie<'static> = s.commit().await.expect("commit").expect("cookie");
-            let mut tasks = Vec::new();
-            for _ in 0..32 {
-                let m = m.clone();
-                let mut jar = CookieJar::new();
-                jar.add_original(cookie.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut s = m.start(&jar).await?;
-                    tokio::task::yield_now().await;
-                    s.modify("n", |n: Option<u64>| n.unwrap_or(0) + 1)?;
-                    s.commit().await.map(|_| ())
-                }));
-            }
-            for t in tasks {
-                t.await.expect("task").expect("commit");
-            }
-            let mut jar = CookieJar::new();
-            jar.add_original(cookie);
-            let s = m.start(&jar).await.expect("start");
-            s.get::<u64>("n").expect("get")
-        })
-    }));
-    match outcome {
-        Ok(n) => assert_eq!(n, Some(32)),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!("contended commit panicked without a timer: {msg}");
-        }
-    }
 }
 
 /// How long a commit that never wins now holds its request before

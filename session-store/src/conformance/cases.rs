@@ -937,8 +937,9 @@ pub async fn concurrent_updates_one_wins_per_version(ctx: Ctx) -> CaseResult {
 /// Exact means every acknowledged increment is counted once and nothing
 /// else is. A save whose reply a loaded machine lost (a backend timeout)
 /// may honestly end as "outcome unknown" rather than be retried into a
-/// double count: such an increment may or may not be in the count, and
-/// nothing else may be missing or extra.
+/// double count: such an increment may or may not be in the count. So the
+/// check is exact when nothing is in doubt (the usual run), and within the
+/// number in doubt otherwise.
 pub async fn manager_concurrent_increments_exact(ctx: Ctx) -> CaseResult {
     let m = Arc::new(manager(&ctx, dev_config())?);
     let cookie = issued_cookie(&m, "count", 0).await?;
