@@ -69,7 +69,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
@@ -521,6 +521,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             .await
             .map_err(SessionRejection::Unavailable)?;
         Ok(Session { shared })
+    }
+}
+
+/// `Option<Session>`: `None` when the store fails at load, so a page that
+/// can do without the session (a public page greeting signed-in users)
+/// still answers while the store is down; nothing is saved or sent for
+/// that request. A route without [`SessionLayer`] is still rejected with
+/// [`SessionRejection::MissingLayer`]: that is a wiring mistake, not an
+/// outage.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
+    type Rejection = SessionRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        match <Session as FromRequestParts<S>>::from_request_parts(parts, state).await {
+            Ok(session) => Ok(Some(session)),
+            Err(SessionRejection::Unavailable(e)) => {
+                tracing::warn!(error = %e, "session store unavailable; going on without a session");
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
     }
 }
 

@@ -101,9 +101,21 @@ async fn keys_twice(first: Session, second: Session) -> Result<String, SessionRe
     Ok(format!("{a},{b}"))
 }
 
+/// A page that does without the session when the store is down.
+async fn greeting(session: Option<Session>) -> Result<String, SessionRejection> {
+    Ok(match session {
+        Some(session) => {
+            let visits = session.modify("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+            format!("visit {visits}")
+        }
+        None => "hello, stranger".to_owned(),
+    })
+}
+
 fn routes() -> Router {
     Router::new()
         .route("/plain", get(no_session))
+        .route("/greeting", get(greeting))
         .route("/keys-twice", get(keys_twice))
         .route("/set/{key}", get(set_key))
         .route("/keys", get(keys))
@@ -420,4 +432,34 @@ async fn a_store_outage_fails_only_the_routes_that_use_the_session() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().get(SET_COOKIE).is_none());
     assert_eq!(body(response).await, "the session store is unavailable");
+}
+
+#[tokio::test]
+async fn an_optional_session_is_some_while_the_store_works() {
+    let app = app();
+    let first = call(&app, "/greeting", None).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let cookie = cookie_pair(&first);
+    assert_eq!(body(first).await, "visit 1");
+    let second = call(&app, "/greeting", Some(&cookie)).await;
+    assert_eq!(body(second).await, "visit 2");
+}
+
+#[tokio::test]
+async fn an_optional_session_is_none_while_the_store_is_down() {
+    let app = routes().layer(SessionLayer::new(manager(Arc::new(DownStore))));
+    let name = manager(Arc::new(DownStore))
+        .config()
+        .effective_cookie_name();
+    let cookie = format!("{name}={}", SessionToken::generate().as_str());
+    let response = call(&app, "/greeting", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get(SET_COOKIE).is_none());
+    assert_eq!(body(response).await, "hello, stranger");
+}
+
+#[tokio::test]
+async fn an_optional_session_without_the_layer_is_still_a_500() {
+    let response = call(&routes(), "/greeting", None).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
