@@ -20,7 +20,7 @@
 //! | --- | --- | --- |
 //! | `get`, `exists`, `len`, `set`, `delete` | one | 1 |
 //! | `create` | `INSERT`; a duplicate key is [`Error::IdCollision`] | 1 |
-//! | `update`, `delete_if`, `touch` | transaction: `SELECT … FOR UPDATE`, then the write when it applies, `COMMIT` | 3–4 |
+//! | `update`, `delete_if`, `touch` | one conditional `UPDATE`/`DELETE`; when `update` or `delete_if` matches nothing, a `SELECT` tells a conflict from a gone record | 1 (2 on a miss) |
 //! | `flush`, `clear` | a clock read (`flush`), then per batch of 1000: `SELECT` ids, `DELETE` them | 2 per batch |
 //! | `sessions_of` | one `SELECT` through the user index | 1 |
 //! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT` | 1, then 4 per batch |
@@ -30,18 +30,18 @@
 //! milliseconds, never by the app's: app servers whose clocks disagree still
 //! agree on what has expired. Plain reads (`get`, `len`) and `flush`'s cutoff
 //! use `NOW(3)`, the start of their statement. The writes that need a live
-//! record (`update`, `delete_if`, `touch`) lock its row with
-//! `SELECT … FOR UPDATE` and read `SYSDATE(3)` in that same statement, which
-//! the server evaluates when the row is returned, that is after the lock was
-//! granted; so one that waited for a concurrent writer past the record's
-//! expiry finds it expired and does not revive it. (A server started with
+//! record (`update`, `delete_if`, `touch`) are one `UPDATE` or `DELETE`
+//! whose `WHERE` reads `SYSDATE(3)`, which the server evaluates when InnoDB
+//! hands it the row, that is after the row lock was granted; so one that
+//! waited for a concurrent writer past the record's expiry finds it expired
+//! and does not revive it. (A server started with
 //! `--sysdate-is-now` makes `SYSDATE` the statement's start and loses that
 //! property.) The expiries stored are the app's (`Session::expires_at`).
 //! sqlx sets each connection's `time_zone` to `+00:00`, so
 //! `UNIX_TIMESTAMP` never meets a daylight-saving gap.
 //!
 //! **Guarantees.** `create` never overwrites (the primary key decides).
-//! `update` is a compare-and-set on the version under the row lock, stores
+//! `update` is a compare-and-set on the version in one statement, stores
 //! the next version ([`next_version`]) and never moves the stored expiry
 //! earlier (`GREATEST(expires_at, ?)`); `touch` likewise, and never revives
 //! an expired record. `get` reports the `expires_at` column, which is
@@ -53,7 +53,7 @@
 //!
 //! What every SQL store does alike (batch loops, migrations bookkeeping,
 //! decoding, error mapping) is `session-store-sql`'s; this crate is the
-//! MySQL dialect: its statements, its `GET_LOCK`, and its lock-then-write
+//! MySQL dialect: its statements, its `GET_LOCK`, and its conditional
 //! `update`, `delete_if` and `touch`.
 //!
 //! ```no_run
@@ -222,44 +222,49 @@ fn statements(t: &str) -> Statements {
     }
 }
 
-/// The MySQL dialect: the pool (for transactions and `GET_LOCK`), the
-/// table's name, and the statements of its lock-then-write operations.
+/// The MySQL dialect: the pool (for `GET_LOCK` and `revoke_user`'s
+/// transactions), the table's name, and the statements of its conditional
+/// writes.
 struct MysqlDialect {
     pool: MySqlPool,
     table: String,
-    lock: String,
+    live: String,
     update: String,
-    delete_row: String,
+    delete_if: String,
     touch: String,
     revoke_find: String,
     revoke_lock: String,
     revoke_delete: String,
 }
 
-/// A row as the locking read saw it: its version, and whether it was live
-/// by the server's clock read once the lock was held.
-struct Locked {
-    version: i64,
-    live: bool,
-}
-
 impl MysqlDialect {
     fn new(pool: MySqlPool, table: &str, t: &str) -> Self {
+        // Each conditional write judges the row in its own `WHERE`, which
+        // InnoDB hands to the server only once it holds the row's lock (an
+        // `UPDATE` or `DELETE` reads the newest committed version, waiting
+        // for a writer that holds it); `SYSDATE` is evaluated there, so a
+        // write that waited past the record's expiry finds it expired.
+        let live_at = |version: &str| format!("id = ? AND {version}expires_at > {CLOCK}");
         MysqlDialect {
             pool,
             table: table.to_owned(),
-            // The clock is in the locking read itself: `SYSDATE` is evaluated
-            // when the row is returned, after the lock was granted.
-            lock: format!("SELECT version, expires_at, {CLOCK} FROM {t} WHERE id = ? FOR UPDATE"),
+            live: format!("SELECT CAST(expires_at > {CLOCK} AS SIGNED) FROM {t} WHERE id = ?"),
             // InnoDB leaves a secondary index alone when its column keeps
             // its value, so a save that keeps the binding does not touch the
             // user index.
             update: format!(
                 "UPDATE {t} SET record = ?, expires_at = GREATEST(expires_at, ?), version = ?,
-                 user_key = ? WHERE id = ?"
+                 user_key = ? WHERE {}",
+                live_at("version = ? AND ")
             ),
-            delete_row: format!("DELETE FROM {t} WHERE id = ?"),
-            touch: format!("UPDATE {t} SET expires_at = GREATEST(expires_at, ?) WHERE id = ?"),
+            // `version = NULL` (no expected version) matches nothing.
+            delete_if: format!("DELETE FROM {t} WHERE {}", live_at("version = ? AND ")),
+            // sqlx connects with `CLIENT_FOUND_ROWS`, so a live row whose
+            // expiry stays counts as affected.
+            touch: format!(
+                "UPDATE {t} SET expires_at = GREATEST(expires_at, ?) WHERE {}",
+                live_at("")
+            ),
             revoke_find: format!("SELECT id FROM {t} WHERE user_key = ? AND id <> ?"),
             // By primary key, so only the listed rows are locked: a locking
             // read through the user index would also lock the gaps around
@@ -276,43 +281,28 @@ impl MysqlDialect {
         }
     }
 
-    /// Locks the row of `id` in `conn`'s transaction and judges it; `None`
-    /// when there is no row.
-    async fn lock(&self, conn: &mut MySqlConnection, id: &[u8]) -> sqlx::Result<Option<Locked>> {
-        let row: Option<(i64, i64, i64)> = sqlx::query_as(&self.lock)
-            .bind(id)
-            .fetch_optional(conn)
-            .await?;
-        Ok(row.map(|(version, expires_at, now)| Locked {
-            version,
-            live: expires_at > now,
-        }))
-    }
-
-    /// In one transaction: locks the row `id`, judges it, and runs `write`
-    /// if it is live and `applies` to its version. `update`, `delete_if` and
-    /// `touch` are this, in three or four round trips: the transaction, the
-    /// locking read (which also reads the clock), the write when it
-    /// applies, the commit.
-    async fn lock_then_write(
+    /// Runs `write`, which applies only to the live row `id` at the
+    /// expected version, as one statement (one round trip). When it
+    /// matched nothing, a second read tells a live row at another version
+    /// (a conflict) from none: whatever happened between the two is a
+    /// write that came after this one's miss.
+    async fn write_or_judge(
         &self,
         store: &SqlStore<Self>,
         what: &str,
         id: &[u8],
-        applies: impl FnOnce(i64) -> bool,
         write: Query<'_, MySql, MySqlArguments>,
     ) -> Result<Judged> {
         let work = async {
-            let mut tx = self.pool.begin().await?;
-            let judged = match self.lock(&mut tx, id).await? {
-                Some(row) if row.live && applies(row.version) => {
-                    write.execute(&mut *tx).await?;
-                    Judged::DONE
-                }
-                row => Judged::missed(row.is_some_and(|row| row.live)),
-            };
-            tx.commit().await?;
-            Ok(judged)
+            let mut conn = store.writer().await?;
+            if write.execute(&mut *conn).await?.rows_affected() == 1 {
+                return Ok(Judged::DONE);
+            }
+            let live: Option<i64> = sqlx::query_scalar(&self.live)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(Judged::missed(live == Some(1)))
         };
         store.run(what, work).await
     }
@@ -393,10 +383,9 @@ impl Dialect for MysqlDialect {
             .bind(update.expires_at)
             .bind(update.version)
             .bind(update.user_key.map(str::as_bytes))
-            .bind(update.id);
-        let applies = |version| version == update.expected;
-        self.lock_then_write(store, "update", update.id, applies, write)
-            .await
+            .bind(update.id)
+            .bind(update.expected);
+        self.write_or_judge(store, "update", update.id, write).await
     }
 
     async fn delete_if(
@@ -405,18 +394,13 @@ impl Dialect for MysqlDialect {
         id: &[u8],
         expected: Option<i64>,
     ) -> Result<Judged> {
-        let write = sqlx::query(&self.delete_row).bind(id);
-        let applies = |version| Some(version) == expected;
-        self.lock_then_write(store, "delete_if", id, applies, write)
-            .await
+        let write = sqlx::query(&self.delete_if).bind(id).bind(expected);
+        self.write_or_judge(store, "delete_if", id, write).await
     }
 
     async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool> {
         let write = sqlx::query(&self.touch).bind(expires_at).bind(id);
-        let judged = self
-            .lock_then_write(store, "touch", id, |_| true, write)
-            .await?;
-        Ok(judged.live)
+        Ok(store.write("touch", write).await? == 1)
     }
 
     /// Finds the user's rows (a plain read), then per batch, in one
