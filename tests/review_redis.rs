@@ -735,4 +735,49 @@ async fn f_a_non_string_value_is_corrupt_for_every_operation() {
     }
     assert_eq!(counted.unwrap(), 0);
     assert_eq!(left, 0, "clear deletes it");
+
+    // `delete` (a `GETDEL`, which a list answers with WRONGTYPE) deletes
+    // it all the same.
+    let _: () = redis::cmd("RPUSH")
+        .arg(&key)
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    store.delete(&s.id()).await.unwrap();
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "delete deletes it");
+}
+
+/// `get` reads a record far from its expiry with `GET` alone, trusting the
+/// key's TTL; one due within the minute is judged by Redis's clock. A
+/// foreign record whose header expired a moment ago but whose key lives on
+/// is expired, and one whose header is half a minute from expiry is live.
+#[tokio::test]
+async fn get_judges_records_near_their_expiry_by_redis_clock() {
+    let prefix = common::unique("review:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let mut conn = raw().await;
+    for (ttl_ms, live) in [
+        (-5, false),
+        (-30_000, false),
+        (30_000, true),
+        (3_600_000, true),
+    ] {
+        let s = session(ttl_ms);
+        let key = format!("{prefix}{}", s.id());
+        raw_set(&mut conn, &key, &codec::encode(&s, 1).unwrap(), 7_200_000).await;
+        assert_eq!(
+            store.get(&s.id()).await.unwrap().is_some(),
+            live,
+            "header expiring in {ttl_ms} ms"
+        );
+        assert_eq!(store.is_valid(&s.id()).await.unwrap(), live);
+    }
 }

@@ -14,8 +14,8 @@ use redis::{AsyncCommands as _, Cmd, FromRedisValue, Pipeline, RedisFuture, Redi
 use session_store::backend::{next_version, storable_version};
 use session_store::time::OffsetDateTime;
 use session_store::{
-    codec, unix_millis, DeleteOutcome, Error, Result, Session, SessionId, UpdateOutcome,
-    MAX_VERSION,
+    codec, now_millis, unix_millis, DeleteOutcome, Error, Result, Session, SessionId,
+    UpdateOutcome, MAX_VERSION,
 };
 
 use crate::cluster::Cluster;
@@ -107,6 +107,17 @@ impl Transport {
 pub(crate) struct ReplicaWait {
     pub(crate) replicas: usize,
     pub(crate) timeout: Duration,
+}
+
+/// How close to its expiry, by the app's clock, a record `get` found must
+/// be to be judged again by Redis's clock (`TIME`); see `fetch_live`.
+const JUDGED_BY_REDIS_WITHIN_MS: i64 = 60_000;
+
+/// What `fetch` read: the record's expiry, and Redis's clock when it was
+/// asked for (`i64::MIN` when not).
+struct Fetched {
+    expires_at_ms: i64,
+    now_ms: i64,
 }
 
 /// One namespace (key prefix) of a Redis, single or clustered.
@@ -226,24 +237,53 @@ impl Keyspace {
     /// clock of the master that holds it, on a cluster); its header
     /// checked, its body not decoded.
     pub(crate) async fn fetch_live(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        // `GET` and `TIME` pipelined: one round trip, and the record is
-        // judged by Redis's clock like every other operation, not the app's
-        // (on a cluster, the clock of the master that holds the key, as
-        // for the scripts). A value of another type answers `GET` with
-        // WRONGTYPE: a corrupt record, not a failed connection, so it is
-        // taken as an answer here rather than failing the call.
+        // Redis answers `GET` only for a key whose TTL has not passed by
+        // its own clock, and every record this store writes expires
+        // (`PXAT`) when its header says: so a record `GET` answers is live
+        // by Redis's clock, whatever the app's says, and one plain command
+        // is the whole read. Only a record due by the app's clock within
+        // `JUDGED_BY_REDIS_WITHIN_MS` is judged again by `TIME`, in case
+        // its key outlives its header (a foreign writer) or the two clocks
+        // disagree about the very millisecond of the expiry.
+        let Some((bytes, header)) = self.fetch(key, false).await? else {
+            return Ok(None);
+        };
+        if header.expires_at_ms > now_millis().saturating_add(JUDGED_BY_REDIS_WITHIN_MS) {
+            return Ok(Some(bytes));
+        }
+        let Some((bytes, header)) = self.fetch(key, true).await? else {
+            return Ok(None);
+        };
+        Ok((header.expires_at_ms > header.now_ms).then_some(bytes))
+    }
+
+    /// The value under `key` and its checked header: `GET` alone, or with
+    /// `clock` pipelined with `TIME` (one round trip; on a cluster the
+    /// pipeline goes to the key's master, whose clock the scripts read
+    /// too). A value of another type answers `GET` with WRONGTYPE: a
+    /// corrupt record, not a failed connection, so it is taken as an answer
+    /// rather than failing the call.
+    async fn fetch(&self, key: &str, clock: bool) -> Result<Option<(Vec<u8>, Fetched)>> {
         let fetched: std::result::Result<(Option<Vec<u8>>, i64), ()> = self
             .transport
             .run("get", move |mut conn| async move {
-                let (value, (secs, micros)): (RedisResult<Option<Vec<u8>>>, (i64, i64)) =
-                    redis::pipe()
-                        .ignore_errors()
-                        .cmd("GET")
-                        .arg(key)
-                        .cmd("TIME")
-                        .query_async(&mut conn)
-                        .await?;
-                let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+                let (value, now_ms) = if clock {
+                    let (value, (secs, micros)): (RedisResult<Option<Vec<u8>>>, (i64, i64)) =
+                        redis::pipe()
+                            .ignore_errors()
+                            .cmd("GET")
+                            .arg(key)
+                            .cmd("TIME")
+                            .query_async(&mut conn)
+                            .await?;
+                    (
+                        value,
+                        secs.saturating_mul(1000).saturating_add(micros / 1000),
+                    )
+                } else {
+                    let value = redis::cmd("GET").arg(key).query_async(&mut conn).await;
+                    (value, i64::MIN)
+                };
                 match value {
                     Ok(bytes) => Ok(Ok((bytes, now_ms))),
                     Err(e) if e.code() == Some("WRONGTYPE") => Ok(Err(())),
@@ -267,10 +307,14 @@ impl Keyspace {
                 ),
             ));
         }
-        if header.expires_at_ms <= now_ms {
-            return Ok(None);
-        }
-        Ok(Some(bytes))
+        let expires_at_ms = header.expires_at_ms;
+        Ok(Some((
+            bytes,
+            Fetched {
+                expires_at_ms,
+                now_ms,
+            },
+        )))
     }
 
     /// The prefix, when the index is kept inside the scripts (one server),
@@ -352,8 +396,8 @@ impl Keyspace {
         })
     }
 
-    /// Cluster: takes `id` out of `user_key`'s set after its record was
-    /// deleted. A failure leaves a stale entry, which every read checks
+    /// Takes `id` out of `user_key`'s set after its record was deleted
+    /// (by `delete`, or on a cluster by a script in another slot). A failure leaves a stale entry, which every read checks
     /// against the record and `flush` drops once its score has passed; the
     /// delete itself happened, so it is only logged.
     async fn index_forget(&self, what: &'static str, user_key: &[u8], id: &SessionId) {
@@ -524,21 +568,32 @@ impl Keyspace {
 
     pub(crate) async fn delete(&self, id: &SessionId) -> Result<()> {
         let key = &self.key(id);
-        let lua = &self.scripts.delete;
         let wait = self.replica_wait;
-        let (mode, prefix): (&[u8], &[u8]) = match self.indexed_here() {
-            Some(prefix) => (b"s", prefix.as_bytes()),
-            None => (b"c", b""),
-        };
-        let (reply, acked): (Value, _) = self
+        // `GETDEL`: one plain command, no script, and the old record comes
+        // back so that a bound one's index entry can be taken out after
+        // (until then the entry is stale, which every read checks against
+        // the record and `flush` drops). A value of another type is no
+        // record and is deleted all the same.
+        let (old, acked): (Option<Vec<u8>>, _) = self
             .transport
             .run("delete", move |mut conn| async move {
-                send_script(&mut conn, lua, key, &[mode, prefix], wait).await
+                let mut getdel = redis::cmd("GETDEL");
+                getdel.arg(key);
+                match send(&mut conn, getdel, wait).await {
+                    Err(e) if e.code() == Some("WRONGTYPE") => {
+                        let mut del = redis::cmd("DEL");
+                        del.arg(key);
+                        let (_, acked): (i64, _) = send(&mut conn, del, wait).await?;
+                        Ok((None, acked))
+                    }
+                    other => other,
+                }
             })
             .await?;
         self.check_replicas("delete", true, acked)?;
-        if let Value::BulkString(user_key) = reply {
-            self.index_forget("delete", &user_key, id).await;
+        // A record whose user key cannot be read is gone all the same.
+        if let Some(Ok(Some(user_key))) = old.as_deref().map(|old| codec::user_key(old, key)) {
+            self.index_forget("delete", user_key.as_bytes(), id).await;
         }
         Ok(())
     }

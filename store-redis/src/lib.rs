@@ -41,7 +41,9 @@
 //! set, `<prefix>user:<SHA-1 of the user key, 40 hex digits>`: member the
 //! id, score the record's expiry, and the set lives at least as long as
 //! its latest session. On one server the scripts keep it in the same step
-//! as the write: they read the old record's user key from its stored bytes
+//! as the write (but `delete`, a plain `GETDEL` that takes a bound record's
+//! entry out after, leaving it stale meanwhile, which every read checks
+//! against the record): they read the old record's user key from its stored bytes
 //! (so a rebinding moves the id between sets) and the new one's from the
 //! record they write. A session bound to no user costs a format-byte check.
 //! The key is hashed (`redis.sha1hex`, the one hash Redis's Lua offers, so
@@ -57,13 +59,13 @@
 //! | operation | Redis | round trips |
 //! | --- | --- | --- |
 //! | `exists`, `has` | `EXISTS` | 1 |
-//! | `get`, `is_valid` | `GET` and `TIME`, pipelined (WRONGTYPE taken as an answer) | 1 |
+//! | `get`, `is_valid` | `GET` (Redis answers only keys live by its clock, and each key expires when its header says); a record due within a minute by the app's clock is read again with `TIME`, pipelined (WRONGTYPE taken as an answer) | 1 (2 near expiry) |
 //! | `set` | Lua: `SET PXAT`, and the user index | 1 |
 //! | `create` | `SET NX PXAT`; Lua for a bound session (and its index entry) | 1 |
 //! | `update` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `SET PXAT` the later expiry, and the user index | 1 |
 //! | `delete_if` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `DEL`, and the user index | 1 |
 //! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT` (and a bound session's index score), else `PEXPIREAT GT` the header's expiry | 1 |
-//! | `delete` | Lua: `DEL`, and the user index | 1 |
+//! | `delete` | `GETDEL`; a bound record's index entry is then removed (`ZREM`) | 1 (2 if bound) |
 //! | `sessions_of` | Lua: drop the user's expired entries, answer the live records bound to exactly that user | 1 |
 //! | `revoke_user` | Lua: delete the listed records bound to exactly that user (their own key checked), but the one kept | 1 |
 //! | `flush` | `SCAN MATCH <prefix>user:<40 hex digits>` + Lua dropping expired entries per batch (Redis expires the records itself) | 2 per 1000 users |
