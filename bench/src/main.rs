@@ -14,7 +14,7 @@ use server_session::{
     PostgresConfig, PostgresStore, RedisConfig, RedisStore, Session, SessionConfig, SessionId,
     SessionInterface, SessionManager, SessionToken, SqliteConfig, SqliteStore, UpdateOutcome,
 };
-use server_session_bench::peer_record;
+use server_session_bench::{env_or, loopback_url, peer_record};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -161,36 +161,11 @@ fn new_session(large: bool) -> Session {
     session
 }
 
-/// Refuse anything but loopback: this tool only ever loads local servers.
-fn check_loopback(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let auth = rest.split(['/', '?']).next().unwrap_or("");
-    let hostport = auth.rsplit('@').next().unwrap_or("");
-    let host = match hostport.strip_prefix('[') {
-        Some(h) => h.split(']').next().unwrap_or(""),
-        None => hostport.split(':').next().unwrap_or(""),
-    };
-    let ok = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !ok {
-        die(&format!("refusing non-loopback host {host:?} in {url}"));
-    }
-    url.to_string()
-}
-
-fn env_or(keys: &[&str], default: &str) -> String {
-    keys.iter()
-        .find_map(|k| std::env::var(k).ok())
-        .unwrap_or_else(|| default.into())
-}
-
 async fn connect(a: &Args) -> Res<Arc<dyn SessionInterface>> {
     Ok(match a.backend.as_str() {
         "memory" => Arc::new(MemoryStore::new()),
         "redis" => {
-            let url = check_loopback(&env_or(&["REDIS_URL"], "redis://127.0.0.1:6379"));
+            let url = loopback_url(&["REDIS_URL"], "redis://127.0.0.1:6379");
             let store = RedisStore::connect_with(RedisConfig {
                 prefix: format!("bench:{}:", std::process::id()),
                 pool_size: a.pool as usize,
@@ -213,10 +188,10 @@ async fn connect(a: &Args) -> Res<Arc<dyn SessionInterface>> {
             Arc::new(store)
         }
         "postgres" => {
-            let url = check_loopback(&env_or(
+            let url = loopback_url(
                 &["DATABASE_URL", "PG_URL"],
                 "postgres://postgres@127.0.0.1:5432/test",
-            ));
+            );
             let store = PostgresStore::connect_with(PostgresConfig {
                 schema: Some("server_session_bench".into()),
                 table: "sessions".into(),
@@ -229,7 +204,7 @@ async fn connect(a: &Args) -> Res<Arc<dyn SessionInterface>> {
             Arc::new(store)
         }
         "mysql" => {
-            let url = check_loopback(&env_or(&["MYSQL_URL"], "mysql://root@127.0.0.1:3306/test"));
+            let url = loopback_url(&["MYSQL_URL"], "mysql://root@127.0.0.1:3306/test");
             let store = MysqlStore::connect_with(MysqlConfig {
                 table: "server_session_bench".into(),
                 pool_size: a.pool,

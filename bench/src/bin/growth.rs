@@ -40,7 +40,7 @@ use server_session::{
     now_millis, PostgresConfig, PostgresStore, RedisConfig, RedisStore, Session, SessionId,
     SessionInterface, UpdateOutcome,
 };
-use server_session_bench::peer_record;
+use server_session_bench::{loopback_url, peer_record};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -126,31 +126,6 @@ fn parse_args() -> Args {
     a
 }
 
-/// Refuse anything but loopback: this tool fills servers with a million rows.
-fn check_loopback(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let auth = rest.split(['/', '?']).next().unwrap_or("");
-    let hostport = auth.rsplit('@').next().unwrap_or("");
-    let host = match hostport.strip_prefix('[') {
-        Some(h) => h.split(']').next().unwrap_or(""),
-        None => hostport.split(':').next().unwrap_or(""),
-    };
-    let ok = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !ok {
-        die(&format!("refusing non-loopback host {host:?} in {url}"));
-    }
-    url.to_string()
-}
-
-fn env_or(keys: &[&str], default: &str) -> String {
-    keys.iter()
-        .find_map(|k| std::env::var(k).ok())
-        .unwrap_or_else(|| default.into())
-}
-
 /// The PostgreSQL side the bulk path needs.
 struct Pg {
     pool: PgPool,
@@ -178,7 +153,7 @@ async fn connect(a: &Args) -> Res<Target> {
             create_tasks: 4,
         },
         "redis" => {
-            let url = check_loopback(&env_or(&["REDIS_URL"], "redis://127.0.0.1:6379"));
+            let url = loopback_url(&["REDIS_URL"], "redis://127.0.0.1:6379");
             let store = RedisStore::connect_with(RedisConfig {
                 prefix: format!("growth_bench:{pid}:"),
                 pool_size: a.pool as usize,
@@ -196,10 +171,10 @@ async fn connect(a: &Args) -> Res<Target> {
             }
         }
         "postgres" => {
-            let url = check_loopback(&env_or(
+            let url = loopback_url(
                 &["DATABASE_URL", "PG_URL"],
                 "postgres://postgres@127.0.0.1:5432/test",
-            ));
+            );
             let schema = format!("growth_bench_{pid}");
             let store = Arc::new(
                 PostgresStore::connect_with(PostgresConfig {

@@ -48,6 +48,7 @@ use server_session::{
     MemoryStore, PostgresConfig, PostgresStore, RedisConfig, RedisStore, SessionConfig,
     SessionInterface, SessionManager, SqliteConfig, SqliteStore,
 };
+use server_session_bench::loopback_url;
 use session_axum::{Session, SessionLayer, SessionRejection};
 use tokio::sync::Notify;
 
@@ -58,33 +59,6 @@ const NAME: &str = "http_bench_ours";
 fn die(message: &str) -> ! {
     eprintln!("http_path: {message}");
     std::process::exit(2);
-}
-
-/// Refuses anything but loopback: this tool only ever loads local servers.
-fn check_loopback(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let auth = rest.split(['/', '?']).next().unwrap_or("");
-    let hostport = auth.rsplit('@').next().unwrap_or("");
-    let host = match hostport.strip_prefix('[') {
-        Some(h) => h.split(']').next().unwrap_or(""),
-        None => hostport.split(':').next().unwrap_or(""),
-    };
-    let ok = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !ok {
-        die(&format!("refusing non-loopback host {host:?} in {url}"));
-    }
-    url.to_string()
-}
-
-fn env_url(keys: &[&str], default: &str) -> String {
-    let url = keys
-        .iter()
-        .find_map(|k| std::env::var(k).ok())
-        .unwrap_or_else(|| default.into());
-    check_loopback(&url)
 }
 
 /// What a run leaves behind, and how to remove it.
@@ -123,7 +97,7 @@ async fn connect(backend: &str) -> Res<(Arc<dyn SessionInterface>, Cleanup)> {
             let store: Arc<dyn SessionInterface> = Arc::new(
                 RedisStore::connect_with(RedisConfig {
                     prefix: format!("{NAME}:"),
-                    ..RedisConfig::new(env_url(&["REDIS_URL"], "redis://127.0.0.1:6379"))
+                    ..RedisConfig::new(loopback_url(&["REDIS_URL"], "redis://127.0.0.1:6379"))
                 })
                 .await?,
             );
@@ -143,7 +117,7 @@ async fn connect(backend: &str) -> Res<(Arc<dyn SessionInterface>, Cleanup)> {
             (Arc::new(store), Cleanup::File(path))
         }
         "postgres" => {
-            let url = env_url(
+            let url = loopback_url(
                 &["DATABASE_URL", "PG_URL"],
                 "postgres://postgres@127.0.0.1:5432/test",
             );

@@ -32,6 +32,7 @@ use server_session::{
     MemoryStore, MysqlConfig, MysqlStore, PostgresConfig, PostgresStore, RedisConfig, RedisStore,
     SessionConfig, SessionInterface, SessionManager, SqliteConfig, SqliteStore,
 };
+use server_session_bench::loopback_url;
 use session_axum::{Session, SessionLayer, SessionRejection};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -39,33 +40,6 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 fn die(message: &str) -> ! {
     eprintln!("lost_updates: {message}");
     std::process::exit(2);
-}
-
-/// Refuses anything but loopback: this tool only ever loads local servers.
-fn check_loopback(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let auth = rest.split(['/', '?']).next().unwrap_or("");
-    let hostport = auth.rsplit('@').next().unwrap_or("");
-    let host = match hostport.strip_prefix('[') {
-        Some(h) => h.split(']').next().unwrap_or(""),
-        None => hostport.split(':').next().unwrap_or(""),
-    };
-    let ok = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !ok {
-        die(&format!("refusing non-loopback host {host:?} in {url}"));
-    }
-    url.to_string()
-}
-
-fn env_url(keys: &[&str], default: &str) -> String {
-    let url = keys
-        .iter()
-        .find_map(|k| std::env::var(k).ok())
-        .unwrap_or_else(|| default.into());
-    check_loopback(&url)
 }
 
 /// What a run leaves behind, and how to remove it.
@@ -108,7 +82,7 @@ async fn connect(backend: &str, unique: &str) -> Res<(Arc<dyn SessionInterface>,
             let store: Arc<dyn SessionInterface> = Arc::new(
                 RedisStore::connect_with(RedisConfig {
                     prefix: format!("lost_updates:{unique}:"),
-                    ..RedisConfig::new(env_url(&["REDIS_URL"], "redis://127.0.0.1:6379"))
+                    ..RedisConfig::new(loopback_url(&["REDIS_URL"], "redis://127.0.0.1:6379"))
                 })
                 .await?,
             );
@@ -126,7 +100,7 @@ async fn connect(backend: &str, unique: &str) -> Res<(Arc<dyn SessionInterface>,
             (Arc::new(store), Cleanup::File(path))
         }
         "postgres" => {
-            let url = env_url(
+            let url = loopback_url(
                 &["DATABASE_URL", "PG_URL"],
                 "postgres://postgres@127.0.0.1:5432/test",
             );
@@ -142,7 +116,7 @@ async fn connect(backend: &str, unique: &str) -> Res<(Arc<dyn SessionInterface>,
             (store.clone(), Cleanup::Postgres(store))
         }
         "mysql" => {
-            let url = env_url(&["MYSQL_URL"], "mysql://root@127.0.0.1:3306/test");
+            let url = loopback_url(&["MYSQL_URL"], "mysql://root@127.0.0.1:3306/test");
             let store = Arc::new(
                 MysqlStore::connect_with(MysqlConfig {
                     table: format!("lost_updates_{unique}"),
