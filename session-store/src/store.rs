@@ -184,9 +184,12 @@ pub trait SessionInterface: Send + Sync + fmt::Debug {
     /// write: after `set`, `create` or `update` the record is listed under
     /// its user key and no longer under a previous one; after `delete`,
     /// `delete_if` or `clear` it is listed nowhere. An index entry may
-    /// outlive its record (expired, deleted) until the next `flush` at most,
-    /// and never makes `sessions_of` or `revoke_user` act on a record that
-    /// is not bound to that user now.
+    /// outlive its record: an expired record's until the next `flush` at
+    /// most; a deleted record's, when the delete was cut short between the
+    /// record and its index (a store that keeps them apart, as Redis does),
+    /// until the next `flush` after the record would have expired. It never
+    /// makes `sessions_of` or `revoke_user` act on a record that is not
+    /// bound to that user now.
     ///
     /// The default answers [`Error::Unsupported`]: the manager's user
     /// features then fail with it, and the conformance suite skips its

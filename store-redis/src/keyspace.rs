@@ -592,8 +592,30 @@ impl Keyspace {
             .await?;
         self.check_replicas("delete", true, acked)?;
         // A record whose user key cannot be read is gone all the same.
-        if let Some(Ok(Some(user_key))) = old.as_deref().map(|old| codec::user_key(old, key)) {
+        let Some(Ok(Some(user_key))) = old.as_deref().map(|old| codec::user_key(old, key)) else {
+            return Ok(());
+        };
+        if self.indexed_here().is_none() {
             self.index_forget("delete", user_key.as_bytes(), id).await;
+            return Ok(());
+        }
+        // One server: the set is checked against the key in one script, so
+        // a `set` of the same session landing between the two steps keeps
+        // the entry it wrote. A failure leaves a stale entry, as on a
+        // cluster: every read checks it against the record, `sessions_of`
+        // and `revoke_user` drop it, and `flush` once its score has passed.
+        let set = &self.user_set(user_key);
+        let (lua, hex) = (&self.scripts.unindex, id.to_hex());
+        let args: &[&[u8]] = &[user_key.as_bytes(), hex.as_bytes()];
+        let unindexed = self
+            .transport
+            .run("delete", move |mut conn| async move {
+                lua.run::<_, i64>(&mut conn, &[key.as_str(), set.as_str()], args)
+                    .await
+            })
+            .await;
+        if let Err(e) = unindexed {
+            tracing::warn!(operation = "delete", error = %e, "a deleted session is still listed in its user's index");
         }
         Ok(())
     }

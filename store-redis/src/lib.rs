@@ -42,8 +42,9 @@
 //! id, score the record's expiry, and the set lives at least as long as
 //! its latest session. On one server the scripts keep it in the same step
 //! as the write (but `delete`, a plain `GETDEL` that takes a bound record's
-//! entry out after, leaving it stale meanwhile, which every read checks
-//! against the record): they read the old record's user key from its stored bytes
+//! entry out after: stale meanwhile, or until the first `flush` after the
+//! session's expiry if that step is lost, and checked against the record
+//! by every read): they read the old record's user key from its stored bytes
 //! (so a rebinding moves the id between sets) and the new one's from the
 //! record they write. A session bound to no user costs a format-byte check.
 //! The key is hashed (`redis.sha1hex`, the one hash Redis's Lua offers, so
@@ -65,7 +66,7 @@
 //! | `update` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `SET PXAT` the later expiry, and the user index | 1 |
 //! | `delete_if` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `DEL`, and the user index | 1 |
 //! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT` (and a bound session's index score), else `PEXPIREAT GT` the header's expiry | 1 |
-//! | `delete` | `GETDEL`; a bound record's index entry is then removed (`ZREM`) | 1 (2 if bound) |
+//! | `delete` | `GETDEL`; a bound record's index entry is then removed by a script, unless a `set` of that session bound to the same user landed in between | 1 (2 if bound) |
 //! | `sessions_of` | Lua: drop the user's expired entries, answer the live records bound to exactly that user | 1 |
 //! | `revoke_user` | Lua: delete the listed records bound to exactly that user (their own key checked), but the one kept | 1 |
 //! | `flush` | `SCAN MATCH <prefix>user:<40 hex digits>` + Lua dropping expired entries per batch (Redis expires the records itself) | 2 per 1000 users |

@@ -262,6 +262,19 @@ return 0
 "
 );
 
+/// One server, after `delete` took a bound record out (`GETDEL`): takes
+/// its id out of its user's set, unless the key holds a record bound to
+/// that same user again (a `set` landed in between, and listed it).
+/// KEYS[1] the record; KEYS[2] the user's set; ARGV[1] the user key;
+/// ARGV[2] the id (hex). 1 = removed, 0 = kept.
+const UNINDEX_LUA: &str = lua!(
+    r"
+if redis.pcall('GETRANGE', KEYS[1], 0, 0) == '\3' and ukey(KEYS[1]) == ARGV[1] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"
+);
+
 /// `SET` on one server: the record, and its user index in the same step.
 /// KEYS[1] the record; ARGV[1] the new record; ARGV[2] its `PXAT`; ARGV[3]
 /// the prefix. The record leaves the set of the user the old one was bound
@@ -565,6 +578,7 @@ pub(crate) struct Scripts {
     pub(crate) update: Lua,
     pub(crate) delete_if: Lua,
     pub(crate) delete: Lua,
+    pub(crate) unindex: Lua,
     pub(crate) set: Lua,
     pub(crate) create_bound: Lua,
     pub(crate) touch: Lua,
@@ -584,6 +598,7 @@ impl Scripts {
             update: Lua::new(UPDATE_LUA),
             delete_if: Lua::new(DELETE_IF_LUA),
             delete: Lua::new(DELETE_LUA),
+            unindex: Lua::new(UNINDEX_LUA),
             set: Lua::new(SET_LUA),
             create_bound: Lua::new(CREATE_BOUND_LUA),
             touch: Lua::new(TOUCH_LUA),
