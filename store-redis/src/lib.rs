@@ -19,7 +19,11 @@
 //! has expired while its key lives on (written by someone else) counts as
 //! expired everywhere: `get` returns `None`, `update`/`delete_if` answer
 //! `Gone`, `touch` `false`, `len` does not count it, and Redis drops it at
-//! its TTL.
+//! its TTL. (`get` is a plain `GET`, which Redis answers only for keys
+//! whose TTL has not passed by its clock; it reads `TIME` too only for a
+//! record due within a minute by the app's clock, so for such a foreign
+//! record alone, an app clock more than a minute behind Redis's could
+//! still see it.)
 //!
 //! **Expiry moves forward only.** `update` stores the later of the stored
 //! and the new expiry (in the header and the `PXAT`); `touch` only ever
