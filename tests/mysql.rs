@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::mysql::{hex, locking, until_blocked};
 use server_session::conformance::StoreFactory;
 use server_session::mysql::sqlx;
 use server_session::{
@@ -15,31 +16,13 @@ use server_session::{
     SessionInterface, SessionToken, UpdateOutcome, UserBinding,
 };
 
-fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
-
 async fn fresh_store() -> Option<MysqlStore> {
     store_named(common::unique("t_")).await
 }
 
 /// A migrated store on `table`.
 async fn store_named(table: String) -> Option<MysqlStore> {
-    let url = mysql_url();
-    let config = MysqlConfig {
-        table,
-        pool_size: 4,
-        ..MysqlConfig::new(url.clone())
-    };
-    let store = match MysqlStore::connect_with(config).await {
-        Ok(store) => store,
-        Err(e) => {
-            common::unreachable("mysql", &url, e);
-            return None;
-        }
-    };
-    store.migrate().await.expect("migrate");
-    Some(store)
+    common::mysql::store(common::mysql::config(table)).await
 }
 
 /// Makes a table per store and drops them all after the case; each
@@ -144,7 +127,7 @@ async fn migrate_is_idempotent_and_safe_in_parallel() {
 
 #[tokio::test]
 async fn names_that_are_not_identifiers_are_config_errors() {
-    let url = mysql_url();
+    let url = common::mysql_url();
     for table in ["x; DROP TABLE y", "a`b", "9t", "t$x", ""] {
         let result = MysqlStore::connect_with(MysqlConfig {
             table: table.into(),
@@ -160,8 +143,8 @@ async fn names_that_are_not_identifiers_are_config_errors() {
 
 #[tokio::test]
 async fn a_reserved_word_is_a_usable_table_name() {
-    let Ok(pool) = sqlx::MySqlPool::connect(&mysql_url()).await else {
-        common::unreachable("mysql", &mysql_url(), "connect failed");
+    let Ok(pool) = sqlx::MySqlPool::connect(&common::mysql_url()).await else {
+        common::unreachable("mysql", &common::mysql_url(), "connect failed");
         return;
     };
     // Unquoted, `order` would be a syntax error in every statement.
@@ -239,7 +222,7 @@ async fn a_corrupt_row_is_a_decode_error_not_a_panic() {
 async fn unreachable_servers_and_unknown_users_are_backend_errors() {
     for url in [
         "mysql://root@127.0.0.1:1/test".to_owned(),
-        mysql_url().replace("root@", "no_such_user_here@"),
+        common::mysql_url().replace("root@", "no_such_user_here@"),
     ] {
         let started = std::time::Instant::now();
         let result = MysqlStore::connect_with(MysqlConfig {
@@ -260,51 +243,6 @@ async fn unreachable_servers_and_unknown_users_are_backend_errors() {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
-}
-
-/// A second connection's transaction, held open while the store works, to
-/// put a row lock exactly where a race would put it.
-async fn locking(store: &MysqlStore, sql: &str) -> sqlx::Transaction<'static, sqlx::MySql> {
-    let mut tx = store.pool().begin().await.unwrap();
-    let sql = sql.replace("{t}", &format!("`{}`", store.table()));
-    let locked = if sql.starts_with("SELECT") {
-        sqlx::query(&sql).fetch_all(&mut *tx).await.unwrap().len() as u64
-    } else {
-        sqlx::query(&sql)
-            .execute(&mut *tx)
-            .await
-            .unwrap()
-            .rows_affected()
-    };
-    assert_eq!(locked, 1, "{sql} locked nothing");
-    tx
-}
-
-/// Waits until a statement on the store's table waits for a row lock:
-/// MariaDB's `innodb_trx` does not show a prepared statement that waits in
-/// the optimizer's primary-key lookup, so this looks for a statement on the
-/// table that has been running for a while (nothing else here takes long).
-async fn until_blocked(store: &MysqlStore) {
-    for _ in 0..500 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.processlist
-             WHERE id <> CONNECTION_ID() AND command IN ('Query', 'Execute')
-             AND time_ms > 200 AND LOCATE(?, info) > 0",
-        )
-        .bind(format!("`{}`", store.table()))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no statement on {} ever waited for the lock", store.table());
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Row `i`'s id: ids ascend with `i`.
@@ -346,6 +284,7 @@ async fn clear_does_not_stop_when_a_concurrent_delete_shortens_a_batch() {
     let tx = locking(
         &store,
         &format!("DELETE FROM {{t}} WHERE id = {}", row_id(1)),
+        &[],
     )
     .await;
     let clearing = tokio::spawn({
@@ -369,6 +308,7 @@ async fn flush_does_not_stop_when_a_concurrent_delete_shortens_a_batch() {
     let tx = locking(
         &store,
         &format!("DELETE FROM {{t}} WHERE id = {}", row_id(1)),
+        &[],
     )
     .await;
     let flushing = tokio::spawn({
@@ -400,6 +340,7 @@ async fn flush_keeps_a_row_extended_while_it_waited_for_it() {
             server_session::now_millis() + 3_600_000,
             row_id(1)
         ),
+        &[],
     )
     .await;
     let flushing = tokio::spawn({
@@ -438,7 +379,7 @@ async fn delete_if_judges_the_row_a_concurrent_writer_left() {
         let s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
         store.create(&s).await.unwrap();
         let id = format!("X'{}'", hex(&s.id().as_bytes()[..]));
-        let tx = locking(&store, &sql.replace("$ID", &id)).await;
+        let tx = locking(&store, &sql.replace("$ID", &id), &[]).await;
         let deleting = tokio::spawn({
             let (store, id) = (store.clone(), s.id());
             async move { store.delete_if(&id, 1).await }
@@ -478,6 +419,7 @@ async fn writes_that_waited_past_the_expiry_do_not_revive_the_record() {
         let tx = locking(
             &store,
             &format!("SELECT id FROM {{t}} WHERE id = {row} FOR UPDATE"),
+            &[],
         )
         .await;
         s.insert("k", &1).unwrap();

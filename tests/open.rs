@@ -272,7 +272,7 @@ async fn an_unknown_or_repeated_query_parameter_is_a_config_error_naming_it() {
         ));
     }
     if cfg!(feature = "mysql") {
-        cases.push((with_params(&mysql_url(), "schema=x"), "`schema`"));
+        cases.push((with_params(&common::mysql_url(), "schema=x"), "`schema`"));
     }
     if cfg!(feature = "redis") {
         cases.push((with_params(&common::redis_url(), "prefx=x"), "`prefx`"));
@@ -288,10 +288,6 @@ async fn an_unknown_or_repeated_query_parameter_is_a_config_error_naming_it() {
         let message = config_message(open(&url).await);
         assert!(message.contains(named), "{url}: {message}");
     }
-}
-
-fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
 #[cfg(feature = "memory")]
@@ -509,7 +505,7 @@ mod mysql {
     async fn drop_table(table: &str) {
         let config = MysqlConfig {
             table: table.to_owned(),
-            ..MysqlConfig::new(mysql_url())
+            ..MysqlConfig::new(common::mysql_url())
         };
         if let Ok(store) = MysqlStore::connect_with(config).await {
             if let Err(e) = store.drop_table().await {
@@ -520,7 +516,7 @@ mod mysql {
 
     #[tokio::test]
     async fn mysql_and_mariadb_open_migrated_in_the_named_table() {
-        let base = mysql_url();
+        let base = common::mysql_url();
         for scheme in ["mysql://", "mariadb://"] {
             let table = common::unique("t_");
             let url = with_params(
@@ -546,7 +542,7 @@ mod mysql {
     #[tokio::test]
     async fn two_opens_of_one_url_at_once_are_safe() {
         let table = common::unique("t_");
-        let url = with_params(&mysql_url(), &format!("table={table}"));
+        let url = with_params(&common::mysql_url(), &format!("table={table}"));
         let options = OpenOptions::new();
         let (a, b) = tokio::join!(
             open_or_skip("mysql", &url, &options),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::redis::store_with_prefix;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,22 +36,6 @@ impl Redis {
 
 fn address(store: &Arc<dyn SessionInterface>) -> usize {
     Arc::as_ptr(store) as *const () as usize
-}
-
-async fn store_with_prefix(prefix: String) -> Option<RedisStore> {
-    let url = common::redis_url();
-    match RedisStore::connect_with(RedisConfig {
-        prefix,
-        ..RedisConfig::new(url.clone())
-    })
-    .await
-    {
-        Ok(store) => Some(store),
-        Err(e) => {
-            common::unreachable("redis", &url, e);
-            None
-        }
-    }
 }
 
 #[async_trait]

@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mysql::{locking, until_blocked};
 use server_session::mysql::sqlx;
 use server_session::time::{Duration as TimeDuration, OffsetDateTime};
 use server_session::{
@@ -15,79 +16,16 @@ use server_session::{
     UpdateOutcome,
 };
 
-fn mysql_url() -> String {
-    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
-
 async fn store_with(timeout: Duration) -> Option<MysqlStore> {
-    let url = mysql_url();
-    let config = MysqlConfig {
-        table: common::unique("t_"),
-        pool_size: 4,
+    common::mysql::store(MysqlConfig {
         operation_timeout: timeout,
-        ..MysqlConfig::new(url.clone())
-    };
-    let store = match MysqlStore::connect_with(config).await {
-        Ok(store) => store,
-        Err(e) => {
-            common::unreachable("mysql", &url, e);
-            return None;
-        }
-    };
-    store.migrate().await.expect("migrate");
-    Some(store)
+        ..common::mysql::config(common::unique("t_"))
+    })
+    .await
 }
 
 async fn fresh_store() -> Option<MysqlStore> {
     store_with(Duration::from_secs(10)).await
-}
-
-/// A transaction on its own connection (not the store's pool) that ran
-/// `sql` (with `{t}` the table) and holds the locks it took.
-async fn locking(
-    store: &MysqlStore,
-    sql: &str,
-    id: &[u8],
-) -> sqlx::Transaction<'static, sqlx::MySql> {
-    let pool = sqlx::MySqlPool::connect(&mysql_url()).await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let sql = sql.replace("{t}", &format!("`{}`", store.table()));
-    let n = if sql.starts_with("SELECT") {
-        sqlx::query(&sql)
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap()
-            .len() as u64
-    } else {
-        sqlx::query(&sql)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .unwrap()
-            .rows_affected()
-    };
-    assert_eq!(n, 1, "{sql} locked nothing");
-    tx
-}
-
-async fn until_blocked(store: &MysqlStore) {
-    for _ in 0..500 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.processlist
-             WHERE id <> CONNECTION_ID() AND command IN ('Query', 'Execute')
-             AND time_ms > 200 AND LOCATE(?, info) > 0",
-        )
-        .bind(format!("`{}`", store.table()))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no statement on {} ever waited for the lock", store.table());
 }
 
 async fn stored(store: &MysqlStore, id: &[u8]) -> Option<(i64, i64)> {
@@ -188,7 +126,7 @@ async fn a_write_waiting_behind_an_extension_sees_the_extension() {
         let tx = locking(
             &store,
             "UPDATE {t} SET expires_at = expires_at + 3600000 WHERE id = ?",
-            &idb,
+            &[&idb[..]],
         )
         .await;
         s.insert("k", &1).unwrap();
@@ -235,7 +173,7 @@ async fn writes_waiting_behind_concurrent_writers_answer_by_the_committed_row() 
             let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
             store.create(&s).await.unwrap();
             let idb = s.id().as_bytes().to_vec();
-            let tx = locking(&store, holder, &idb).await;
+            let tx = locking(&store, holder, &[&idb[..]]).await;
             s.insert("k", &1).unwrap();
             let waiting = tokio::spawn({
                 let (store, s) = (store.clone(), s.clone());
@@ -287,7 +225,12 @@ async fn a_timed_out_write_that_applies_later_said_it_may_have() {
         store.create(&s).await.unwrap();
         let idb = s.id().as_bytes().to_vec();
         let before = stored(&store, &idb).await;
-        let tx = locking(&store, "SELECT id FROM {t} WHERE id = ? FOR UPDATE", &idb).await;
+        let tx = locking(
+            &store,
+            "SELECT id FROM {t} WHERE id = ? FOR UPDATE",
+            &[&idb[..]],
+        )
+        .await;
         s.insert("k", &1).unwrap();
         let err = match op {
             "update" => store.update(&s, 1).await.map(|o| format!("{o:?}")),

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::redis::raw;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,28 +20,13 @@ use server_session::{
 };
 
 async fn store_at(url: String, prefix: String, timeout: Duration) -> Option<RedisStore> {
-    match RedisStore::connect_with(RedisConfig {
+    common::redis::store(RedisConfig {
         prefix,
         connect_timeout: timeout,
         operation_timeout: timeout,
-        ..RedisConfig::new(url.clone())
+        ..RedisConfig::new(url)
     })
     .await
-    {
-        Ok(store) => Some(store),
-        Err(e) => {
-            common::unreachable("redis", &url, e);
-            None
-        }
-    }
-}
-
-async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(common::redis_url())
-        .expect("REDIS_URL parses")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw redis connection")
 }
 
 fn upstream() -> SocketAddr {

@@ -6,38 +6,15 @@
 
 mod common;
 
+use common::redis::{raw, store_with_prefix};
 use std::sync::Arc;
 use std::time::Duration;
 
 use server_session::redis::deadpool_redis::redis;
 use server_session::{
-    codec, from_unix_millis, now_millis, unix_millis, DeleteOutcome, Error, RedisConfig,
-    RedisStore, Session, SessionId, SessionInterface, SessionToken, UpdateOutcome, MAX_VERSION,
+    codec, from_unix_millis, now_millis, unix_millis, DeleteOutcome, Error, Session, SessionId,
+    SessionInterface, SessionToken, UpdateOutcome, MAX_VERSION,
 };
-
-async fn store_with_prefix(prefix: String) -> Option<RedisStore> {
-    let url = common::redis_url();
-    match RedisStore::connect_with(RedisConfig {
-        prefix,
-        ..RedisConfig::new(url.clone())
-    })
-    .await
-    {
-        Ok(store) => Some(store),
-        Err(e) => {
-            common::unreachable("redis", &url, e);
-            None
-        }
-    }
-}
-
-async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(common::redis_url())
-        .expect("REDIS_URL parses")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw redis connection")
-}
 
 async fn raw_set(conn: &mut redis::aio::MultiplexedConnection, key: &str, bytes: &[u8], px: i64) {
     let _: () = redis::cmd("SET")

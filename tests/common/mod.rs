@@ -1,7 +1,11 @@
 //! Shared by the backend tests: reaching servers, skipping, unique names.
 #![allow(dead_code)]
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// What a test factory or wrapper made or saw, kept to be taken back at
 /// once (by a factory's `cleanup`, or by an assertion).
@@ -85,6 +89,10 @@ pub fn redis_cluster_url() -> String {
             .collect();
         format!("redis+cluster://{}", nodes.join(","))
     })
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
 pub fn database_url() -> String {
