@@ -26,22 +26,18 @@ pub(crate) enum Change {
 impl Change {
     pub(crate) fn apply(&self, session: &mut Session) -> Result<()> {
         match self {
-            Change::Set(key, bytes) => {
-                session.data_mut().insert(key.clone(), bytes.clone());
-            }
+            Change::Set(key, bytes) => session.insert_bytes(key.clone(), bytes.clone()),
             Change::Remove(key) => {
-                session.data_mut().remove(key);
+                session.remove(key);
             }
             Change::Modify(key, modify) => {
-                let next = modify(session.data().get(key).map(Vec::as_slice))?;
-                session.data_mut().insert(key.clone(), next);
+                let next = modify(session.value_bytes(key))?;
+                session.insert_bytes(key.clone(), next);
             }
-            Change::Flash(key, bytes) => {
-                session.flash_mut().insert(key.clone(), bytes.clone());
-            }
+            Change::Flash(key, bytes) => session.insert_flash_bytes(key.clone(), bytes.clone()),
             Change::ConsumeFlash(key, read) => {
-                if session.flash().get(key) == Some(read) {
-                    session.flash_mut().remove(key);
+                if session.flash_bytes(key) == Some(read.as_slice()) {
+                    session.remove_flash(key);
                 }
             }
             Change::SetUser(user) => session.set_user(user.clone()),

@@ -22,6 +22,7 @@ mod manager;
 mod session;
 mod store;
 mod users;
+mod values;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::id::SessionId;
+use crate::values::Values;
 
 /// The bincode configuration of every stored value.
 pub(crate) const VALUE_CONFIG: bincode::config::Configuration = bincode::config::standard();
@@ -87,11 +88,15 @@ pub fn now_millis() -> i64 {
 /// `deserialize_any` types cannot be stored.
 ///
 /// Times have millisecond precision, which is what every store keeps.
+///
+/// A loaded session keeps its values as the record stored them: reading a
+/// value decodes only that value, and saving copies every value this
+/// request did not change straight from the loaded bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     id: SessionId,
-    data: BTreeMap<String, Vec<u8>>,
-    flash: BTreeMap<String, Vec<u8>>,
+    data: Values,
+    flash: Values,
     created_at_ms: i64,
     expires_at_ms: i64,
     version: u64,
@@ -164,8 +169,8 @@ impl Session {
         let now = now_millis();
         Session {
             id,
-            data: BTreeMap::new(),
-            flash: BTreeMap::new(),
+            data: Values::default(),
+            flash: Values::default(),
             created_at_ms: now,
             expires_at_ms: now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64),
             version: 1,
@@ -183,6 +188,26 @@ impl Session {
         expires_at_ms: i64,
         version: u64,
     ) -> Self {
+        Self::from_values(
+            id,
+            Values::Owned(data),
+            Values::Owned(flash),
+            created_at_ms,
+            expires_at_ms,
+            version,
+        )
+    }
+
+    /// [`from_parts`](Self::from_parts) for the codec, which keeps the
+    /// maps as loaded.
+    pub(crate) fn from_values(
+        id: SessionId,
+        data: Values,
+        flash: Values,
+        created_at_ms: i64,
+        expires_at_ms: i64,
+        version: u64,
+    ) -> Self {
         Session {
             id,
             data,
@@ -193,6 +218,11 @@ impl Session {
             recent_writes: Vec::new(),
             user: None,
         }
+    }
+
+    /// The data and flash maps, for the encoder.
+    pub(crate) fn values(&self) -> (&Values, &Values) {
+        (&self.data, &self.flash)
     }
 
     /// The user this session is bound to, if any.
@@ -256,6 +286,31 @@ impl Session {
             .transpose()
     }
 
+    /// The encoded value under `key` (as [`encode_value`] made it).
+    pub fn value_bytes(&self, key: &str) -> Option<&[u8]> {
+        self.data.get(key)
+    }
+
+    /// Stores an already encoded value under `key`.
+    pub fn insert_bytes(&mut self, key: impl Into<String>, bytes: Vec<u8>) {
+        self.data.insert(key.into(), bytes);
+    }
+
+    /// The encoded flash value under `key`.
+    pub fn flash_bytes(&self, key: &str) -> Option<&[u8]> {
+        self.flash.get(key)
+    }
+
+    /// Sets an encoded flash value under `key`.
+    pub fn insert_flash_bytes(&mut self, key: impl Into<String>, bytes: Vec<u8>) {
+        self.flash.insert(key.into(), bytes);
+    }
+
+    /// Removes the flash value under `key`; returns whether it was there.
+    pub fn remove_flash(&mut self, key: &str) -> bool {
+        self.flash.remove(key)
+    }
+
     /// Stores `value` under `key`, replacing any previous value.
     pub fn insert<T: Serialize + ?Sized>(
         &mut self,
@@ -270,17 +325,17 @@ impl Session {
 
     /// Removes `key`; returns whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
-        self.data.remove(key).is_some()
+        self.data.remove(key)
     }
 
     /// Whether `key` holds a value.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.data.contains_key(key)
+        self.data.get(key).is_some()
     }
 
     /// The data keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.data.keys().map(String::as_str)
+        self.data.iter().map(|(key, _)| key)
     }
 
     /// Whether the session holds no data, no flash values and no user
@@ -289,24 +344,28 @@ impl Session {
         self.data.is_empty() && self.flash.is_empty() && self.user.is_none()
     }
 
-    /// The encoded data, key by key.
+    /// The encoded data, key by key. For a loaded session the map is
+    /// built on the first call; [`value_bytes`](Self::value_bytes) and
+    /// [`get`](Self::get) read one value without building it.
     pub fn data(&self) -> &BTreeMap<String, Vec<u8>> {
-        &self.data
+        self.data.map()
     }
 
-    /// The encoded data, mutable.
+    /// The encoded data, mutable. [`insert_bytes`](Self::insert_bytes) and
+    /// [`remove`](Self::remove) change one value without building the map.
     pub fn data_mut(&mut self) -> &mut BTreeMap<String, Vec<u8>> {
-        &mut self.data
+        self.data.map_mut()
     }
 
-    /// Flash values waiting for the next request, encoded.
+    /// Flash values waiting for the next request, encoded (built on the
+    /// first call, like [`data`](Self::data)).
     pub fn flash(&self) -> &BTreeMap<String, Vec<u8>> {
-        &self.flash
+        self.flash.map()
     }
 
     /// Flash values, mutable.
     pub fn flash_mut(&mut self) -> &mut BTreeMap<String, Vec<u8>> {
-        &mut self.flash
+        self.flash.map_mut()
     }
 
     /// When the session was first created.

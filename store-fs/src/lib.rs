@@ -876,7 +876,7 @@ impl SessionInterface for FsStore {
             };
             let origin = path.display().to_string();
             record_header(&bytes, &origin)?;
-            let session = codec::decode(id, &bytes, &origin)?;
+            let session = codec::decode_owned(id, bytes, &origin)?;
             Ok((!session.is_expired()).then_some(session))
         })
         .await

@@ -33,6 +33,7 @@ use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use session_store::backend::{next_version, storable_version};
@@ -46,12 +47,15 @@ use session_store::{
 const ORIGIN: &str = "memory record";
 
 /// A stored record: the expiry and version are kept beside the encoded bytes
-/// so that checks need no decoding.
+/// so that checks need no decoding. These fields are the truth: `touch`
+/// moves only `expires_at_ms`, and the expiry in the bytes' header, which
+/// loaded sessions share, is never read.
 #[derive(Debug)]
 struct Record {
     expires_at_ms: i64,
     version: u64,
-    bytes: Box<[u8]>,
+    /// Shared with the sessions loaded from it: a load copies nothing.
+    bytes: Bytes,
 }
 
 impl Record {
@@ -77,7 +81,7 @@ impl Record {
         Ok(Record {
             expires_at_ms,
             version,
-            bytes: bytes.into_boxed_slice(),
+            bytes: Bytes::from(bytes.into_boxed_slice()),
         })
     }
 
@@ -211,7 +215,7 @@ impl SessionInterface for MemoryStore {
         let now = now_millis();
         match self.map.get(id) {
             Some(record) if record.is_live(now) => {
-                let mut session = codec::decode(*id, &record.bytes, ORIGIN)?;
+                let mut session = codec::decode_owned(*id, record.bytes.clone(), ORIGIN)?;
                 session.set_expires_at_millis(record.expires_at_ms);
                 Ok(Some(session))
             }
@@ -312,9 +316,9 @@ impl SessionInterface for MemoryStore {
         if !stored.is_live(now) {
             return Ok(false);
         }
-        let expires_at_ms = stored.expires_at_ms.max(unix_millis(expires_at));
-        codec::patch_expires_at(&mut stored.bytes, expires_at_ms, ORIGIN)?;
-        stored.expires_at_ms = expires_at_ms;
+        // Only the record's field moves: a load takes the expiry from it,
+        // never from the header in the bytes, which loaded sessions share.
+        stored.expires_at_ms = stored.expires_at_ms.max(unix_millis(expires_at));
         Ok(true)
     }
 
@@ -386,7 +390,7 @@ impl SessionInterface for MemoryStore {
             // The record is the truth: it may have been rebound since the
             // listing was copied.
             if record.is_live(now) && record.user_key() == Some(user_key) {
-                let mut session = codec::decode(id, &record.bytes, ORIGIN)?;
+                let mut session = codec::decode_owned(id, record.bytes.clone(), ORIGIN)?;
                 session.set_expires_at_millis(record.expires_at_ms);
                 sessions.push(session);
             }

@@ -228,7 +228,7 @@ impl Keyspace {
     pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<Session>> {
         let key = &self.key(id);
         match self.fetch_live(key).await? {
-            Some(bytes) => codec::decode(*id, &bytes, key).map(Some),
+            Some(bytes) => codec::decode_owned(*id, bytes, key).map(Some),
             None => Ok(None),
         }
     }

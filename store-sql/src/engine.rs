@@ -362,7 +362,7 @@ where
         let (record, expires_at, version) =
             columns.map_err(|e| Error::decode(self.context("get"), e))?;
         let origin = format!("row {id} of table {}", self.table_name);
-        decode_session(*id, &record, expires_at, version, &origin).map(Some)
+        decode_session(*id, record, expires_at, version, &origin).map(Some)
     }
 
     /// Stores `session` whatever is there.
@@ -450,7 +450,7 @@ where
                 continue;
             };
             let origin = format!("row {id} of table {}", self.table_name);
-            match decode_session(id, &record, expires_at, version, &origin) {
+            match decode_session(id, record, expires_at, version, &origin) {
                 Ok(session) if session.user_key() == Some(user_key) => sessions.push(session),
                 Ok(_) => tracing::warn!(
                     store = D::STORE,
@@ -698,12 +698,12 @@ where
 /// outside `1..=MAX_VERSION` is [`Error::Decode`] naming `origin`.
 pub(crate) fn decode_session(
     id: SessionId,
-    record: &[u8],
+    record: Vec<u8>,
     expires_at: i64,
     version: i64,
     origin: &str,
 ) -> Result<Session> {
-    let mut session = codec::decode(id, record, origin)?;
+    let mut session = codec::decode_owned(id, record, origin)?;
     session.set_expires_at_millis(expires_at);
     let version = u64::try_from(version)
         .ok()

@@ -284,14 +284,14 @@ mod tests {
         for version in [i64::MIN, -1, 0] {
             assert!(
                 matches!(
-                    engine::decode_session(id, &record, 5, version, "row"),
+                    engine::decode_session(id, record.clone(), 5, version, "row"),
                     Err(Error::Decode { .. })
                 ),
                 "{version}"
             );
         }
         let max = storable_version(id, MAX_VERSION).unwrap();
-        let decoded = engine::decode_session(id, &record, 5, max, "row").unwrap();
+        let decoded = engine::decode_session(id, record, 5, max, "row").unwrap();
         assert_eq!(decoded.version(), MAX_VERSION);
         assert_eq!(decoded.expires_at_millis(), 5);
     }
