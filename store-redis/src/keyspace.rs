@@ -676,6 +676,13 @@ impl Keyspace {
         let bytes = &codec::encode(session, version)?;
         let expected = &expected_version.to_be_bytes();
         let (lua, wait) = (&self.scripts.update, self.replica_wait);
+        // Beyond this, by the app's clock, the script takes the record for
+        // live without `TIME` (see `UPDATE_LUA`). Never negative, so that
+        // what it passes on stays a positive `PXAT`.
+        let judged_after = &now_millis()
+            .saturating_add(JUDGED_BY_REDIS_WITHIN_MS)
+            .max(0)
+            .to_be_bytes();
         // One server: the script keeps the index. A cluster: the script
         // asks for the entry first when the record changes user (then
         // this loops once, or again if a touch moved the expiry meanwhile).
@@ -689,7 +696,14 @@ impl Keyspace {
             let (reply, acked): (Value, _) = self
                 .transport
                 .run("update", move |mut conn| async move {
-                    send_script(&mut conn, lua, key, &[expected, bytes, mode, extra], wait).await
+                    send_script(
+                        &mut conn,
+                        lua,
+                        key,
+                        &[expected, bytes, mode, extra, judged_after],
+                        wait,
+                    )
+                    .await
                 })
                 .await?;
             let outcome = match reply {

@@ -163,8 +163,15 @@ end
 
 /// Compare-and-set. KEYS[1] the record; ARGV[1] the expected version (8
 /// bytes, as in the header); ARGV[2] the new record; ARGV[3] how to keep the
-/// user index, ARGV[4] what that needs. Expired (by the header and Redis's
-/// clock) is gone whatever its version. The stored expiry is the later of
+/// user index, ARGV[4] what that needs; ARGV[5] the app's clock plus a
+/// margin, in Unix ms as 8 bytes, never negative. Expired (by the header and
+/// Redis's clock) is gone whatever its version. A header expiring after
+/// ARGV[5] is live without asking Redis's clock: `TIME` and its arithmetic
+/// were a third of the script's Redis CPU (`scripts/redis-script-cost`), and
+/// Redis has already dropped every record of this store whose `PXAT` (its
+/// header's expiry) passed by its own clock. Only a record due within the
+/// margin, or another writer's whose TTL outlives its header, is judged by
+/// `TIME`, as `get` does. The stored expiry is the later of
 /// the old and the new one, in the header (bytes 18..25) and the key's
 /// `PXAT` alike, so the key lives as long as the header says even if
 /// another writer had given it a shorter TTL.
@@ -191,7 +198,7 @@ local h, bad = header(KEYS[1])
 if bad then return bad end
 if h == nil then return 0 end
 local stored = be64(h, 18)
-if not later(stored, now_ms()) then return 0 end
+if not later(stored, be64(ARGV[5], 1)) and not later(stored, now_ms()) then return 0 end
 if string.sub(h, 2, 9) ~= ARGV[1] then return 1 end
 local old, new
 old = rkey(h)
