@@ -20,10 +20,11 @@
 //! expired everywhere: `get` returns `None`, `update`/`delete_if` answer
 //! `Gone`, `touch` `false`, `len` does not count it, and Redis drops it at
 //! its TTL. (`get` is a plain `GET`, which Redis answers only for keys
-//! whose TTL has not passed by its clock; it reads `TIME` too only for a
-//! record due within a minute by the app's clock, so for such a foreign
-//! record alone, an app clock more than a minute behind Redis's could
-//! still see it.)
+//! whose TTL has not passed by its clock, and `update`'s script takes a
+//! record whose header expires more than a minute after the app's clock for
+//! live; each reads `TIME` only for a record due within that minute. So for
+//! such a foreign record alone, an app clock more than a minute behind
+//! Redis's could still see it, or save over it.)
 //!
 //! **Expiry moves forward only.** `update` stores the later of the stored
 //! and the new expiry (in the header and the `PXAT`); `touch` only ever
@@ -67,7 +68,7 @@
 //! | `get`, `is_valid` | `GET` (Redis answers only keys live by its clock, and each key expires when its header says); a record due within a minute by the app's clock is read again with `TIME`, pipelined (WRONGTYPE taken as an answer) | 1 (2 near expiry) |
 //! | `set` | Lua: `SET PXAT`, and the user index | 1 |
 //! | `create` | `SET NX PXAT`; Lua for a bound session (and its index entry) | 1 |
-//! | `update` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `SET PXAT` the later expiry, and the user index | 1 |
+//! | `update` | Lua (`EVALSHA`): live (by `TIME` for a record due within a minute by the app's clock; Redis has dropped every key of ours past its `PXAT`), compare the header's version, `SET PXAT` the later expiry, and the user index | 1 |
 //! | `delete_if` | Lua (`EVALSHA`): live by `TIME`, compare the header's version, `DEL`, and the user index | 1 |
 //! | `touch` | Lua (`EVALSHA`): live by `TIME`, if later patch the header (`SETRANGE`) and `PEXPIREAT` (and a bound session's index score), else `PEXPIREAT GT` the header's expiry | 1 |
 //! | `delete` | `GETDEL`; a bound record's index entry is then removed by a script, unless a `set` of that session bound to the same user landed in between | 1 (2 if bound) |
