@@ -243,43 +243,24 @@ impl Values {
             .collect()
     }
 
-    /// An upper bound of the encoded size, to size the encoder's buffer.
+    /// An upper bound of the encoded size, to size the encoder's buffer:
+    /// each entry written, with room for its two varint lengths. Entries a
+    /// change replaces or removes do not count (review: a large value
+    /// replaced by a small one sized the buffer, 1 MiB spare for a 42-byte
+    /// record).
     pub(crate) fn encoded_len_hint(&self) -> usize {
-        let entries = |map: &BTreeMap<String, Vec<u8>>| -> usize {
-            map.iter().map(|(k, v)| k.len() + v.len() + 18).sum()
-        };
         match self {
-            Values::Owned(map) => 9 + entries(map),
-            Values::Stored(stored) => {
-                let changed: usize = stored
-                    .changes
-                    .iter()
-                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 18)
-                    .sum();
-                // Stored entries a change replaces or removes are not
-                // written: a large value replaced by a small one must not
-                // size the buffer (review: 1 MiB spare for a 42-byte record).
-                let mut replaced = 0;
-                let mut changes = stored.changes.keys().peekable();
-                for (key, value) in Entries::of(&stored.bytes) {
-                    while changes
-                        .next_if(|changed| changed.as_bytes() < key)
-                        .is_some()
-                    {}
-                    if changes
-                        .next_if(|changed| changed.as_bytes() == key)
-                        .is_some()
-                    {
-                        replaced += key.len() + value.len();
-                    }
-                }
-                9 + stored.bytes.len() - replaced + changed
+            Values::Stored(stored) if stored.changes.is_empty() => stored.bytes.len(),
+            _ => {
+                MAX_COUNT_LEN
+                    + self
+                        .entries()
+                        .map(|(key, value)| key.len() + value.len() + 18)
+                        .sum::<usize>()
             }
         }
     }
-}
 
-impl Values {
     /// Appends the map's encoding (bincode's, of a `BTreeMap<String,
     /// Vec<u8>>`) to `out`.
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
