@@ -254,7 +254,7 @@ impl Ctx {
         session.set_id(token.id());
         self.store.create(&session).await?;
         // `__Host-id` with the default (Secure) configuration.
-        let name = self.manager.config().effective_cookie_name();
+        let name = self.manager.cookie_name().to_owned();
         let mut jar = CookieJar::new();
         jar.signed_mut(&self.key)
             .add(Cookie::new(name.clone(), token.as_str().to_owned()));

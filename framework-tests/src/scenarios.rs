@@ -15,7 +15,7 @@ use crate::{config, manager, Framework, Server};
 
 /// The session cookie's name under [`config`].
 fn cookie_name() -> String {
-    config().effective_cookie_name()
+    config().effective_cookie_name().into_owned()
 }
 
 async fn serve<F: Framework>(

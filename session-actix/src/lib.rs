@@ -80,9 +80,7 @@ use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use session_store::{
-    session_jar_from_cookie_headers, ActiveSession, Error, SessionId, SessionManager,
-};
+use session_store::{session_cookie_value, ActiveSession, Error, SessionId, SessionManager};
 use tokio::sync::OnceCell;
 
 /// Commits sessions after the inner service; wrap an `App`, a `Scope` or a
@@ -481,9 +479,8 @@ impl FromRequest for Session {
                 .loaded
                 .get_or_try_init(|| async {
                     let headers = lazy.cookies.iter().filter_map(|v| v.to_str().ok());
-                    let name = lazy.manager.config().effective_cookie_name();
-                    let jar = session_jar_from_cookie_headers(headers, &name);
-                    let active = lazy.manager.start(&jar).await?;
+                    let value = session_cookie_value(headers, lazy.manager.cookie_name());
+                    let active = lazy.manager.start_from_value(value.as_deref()).await?;
                     Ok::<_, Error>(Arc::new(Shared::new(active)))
                 })
                 .await

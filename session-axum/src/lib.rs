@@ -77,9 +77,7 @@ use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use session_store::{
-    session_jar_from_cookie_headers, ActiveSession, Error, SessionId, SessionManager,
-};
+use session_store::{session_cookie_value, ActiveSession, Error, SessionId, SessionManager};
 use tokio::sync::OnceCell;
 use tower::{Layer, Service};
 
@@ -231,8 +229,21 @@ where
                         Poll::Pending => return Poll::Pending,
                     };
                     // Never loaded: nothing to save, no cookie, no store I/O.
-                    if shared.slot.get().is_none() {
+                    let Some(slot) = shared.slot.get() else {
                         return Poll::Ready(Ok(response));
+                    };
+                    // Loaded, but only read (no touch due): commit would do
+                    // nothing, so it needs no future. Taken out all the
+                    // same, as a commit would: later use of a handle that
+                    // outlived the request is refused alike. A panic takes
+                    // the long way, to be logged.
+                    if !shared.abandoned() {
+                        let mut guard = lock(slot);
+                        if guard.as_ref().is_some_and(|active| !active.needs_commit()) {
+                            drop(guard.take());
+                            drop(guard);
+                            return Poll::Ready(Ok(response));
+                        }
                     }
                     let (shared, save) = (shared.clone(), *save_on_server_error);
                     // Boxed: the commit's future is large and most requests
@@ -326,11 +337,12 @@ impl Shared {
         self.slot
             .get_or_try_init(|| async {
                 let values = headers.get_all(COOKIE).iter();
-                let name = self.manager.config().effective_cookie_name();
-                let jar =
-                    session_jar_from_cookie_headers(values.filter_map(|v| v.to_str().ok()), &name);
+                let value = session_cookie_value(
+                    values.filter_map(|v| v.to_str().ok()),
+                    self.manager.cookie_name(),
+                );
                 self.manager
-                    .start(&jar)
+                    .start_from_value(value.as_deref())
                     .await
                     .map(|active| Mutex::new(Some(active)))
             })

@@ -420,9 +420,7 @@ async fn every_extraction_in_a_request_shares_one_load() {
 async fn a_store_outage_fails_only_the_routes_that_use_the_session() {
     let app = routes().layer(SessionLayer::new(manager(Arc::new(DownStore))));
     // A well-formed cookie: the session route must go to the store for it.
-    let name = manager(Arc::new(DownStore))
-        .config()
-        .effective_cookie_name();
+    let name = manager(Arc::new(DownStore)).cookie_name().to_owned();
     let cookie = format!("{name}={}", SessionToken::generate().as_str());
     let cookie = cookie.as_str();
     let response = call(&app, "/plain", Some(cookie)).await;
@@ -448,9 +446,7 @@ async fn an_optional_session_is_some_while_the_store_works() {
 #[tokio::test]
 async fn an_optional_session_is_none_while_the_store_is_down() {
     let app = routes().layer(SessionLayer::new(manager(Arc::new(DownStore))));
-    let name = manager(Arc::new(DownStore))
-        .config()
-        .effective_cookie_name();
+    let name = manager(Arc::new(DownStore)).cookie_name().to_owned();
     let cookie = format!("{name}={}", SessionToken::generate().as_str());
     let response = call(&app, "/greeting", Some(&cookie)).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -462,4 +458,56 @@ async fn an_optional_session_is_none_while_the_store_is_down() {
 async fn an_optional_session_without_the_layer_is_still_a_500() {
     let response = call(&routes(), "/greeting", None).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+/// A handle kept past its request is refused, whether the request changed
+/// the session (committed by the layer) or only read it (dropped by the
+/// layer without a commit): it never reaches a session that has ended.
+#[tokio::test]
+async fn a_handle_kept_past_its_request_is_refused() {
+    type Kept = Arc<std::sync::Mutex<Vec<Session>>>;
+    async fn keep_reading(
+        session: Session,
+        axum::Extension(kept): axum::Extension<Kept>,
+    ) -> Result<String, SessionRejection> {
+        let n = session.get::<u64>("n")?.unwrap_or(0);
+        kept.lock().unwrap().push(session);
+        Ok(n.to_string())
+    }
+    async fn keep_writing(
+        session: Session,
+        axum::Extension(kept): axum::Extension<Kept>,
+    ) -> Result<String, SessionRejection> {
+        let n = session.modify("n", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+        kept.lock().unwrap().push(session);
+        Ok(n.to_string())
+    }
+    let kept: Kept = Arc::default();
+    let store = Arc::new(CountingStore::memory());
+    let app = Router::new()
+        .route("/read", get(keep_reading))
+        .route("/write", get(keep_writing))
+        .layer(SessionLayer::new(manager(store.clone())))
+        .layer(axum::Extension(kept.clone()));
+    let first = call(&app, "/write", None).await;
+    let cookie = cookie_pair(&first);
+    assert_eq!(body(first).await, "1");
+    let before = store.calls();
+    let read = call(&app, "/read", Some(&cookie)).await;
+    assert!(read.headers().get(SET_COOKIE).is_none());
+    assert_eq!(body(read).await, "1");
+    assert_eq!(store.calls() - before, 1, "a read-only request wrote");
+    let handles = std::mem::take(&mut *kept.lock().unwrap());
+    assert_eq!(handles.len(), 2);
+    for handle in handles {
+        assert!(handle.id().is_none(), "a handle outlived its request");
+        assert!(handle.insert("late", &1u8).is_err());
+        assert!(handle.get::<u64>("n").is_err());
+    }
+    let after = call(&app, "/read", Some(&cookie)).await;
+    assert_eq!(
+        body(after).await,
+        "1",
+        "a late write through a kept handle landed"
+    );
 }

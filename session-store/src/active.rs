@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::{SessionId, SessionToken};
 use crate::session::{decode_value, encode_value, Session, UserBinding};
 use crate::store::SessionInterface;
+use crate::values::Values;
 
 /// Where an [`ActiveSession`] stands between `start` and the end of `commit`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +67,9 @@ pub struct ActiveSession {
     pub(crate) state: State,
     pub(crate) had_cookie: bool,
     pub(crate) changes: Vec<Change>,
-    incoming_flash: BTreeMap<String, Vec<u8>>,
+    /// The flash values as loaded (a cheap copy: a loaded session's are
+    /// still the record's bytes).
+    incoming_flash: Values,
     consumed_flash: BTreeSet<String>,
     pub(crate) expiry_moved: bool,
     pub(crate) send_cookie: bool,
@@ -112,7 +115,7 @@ impl ActiveSession {
         session: Session,
         had_cookie: bool,
         state: State,
-        incoming_flash: BTreeMap<String, Vec<u8>>,
+        incoming_flash: Values,
     ) -> Self {
         ActiveSession {
             store,
@@ -144,7 +147,7 @@ impl ActiveSession {
         session: Session,
         expiry_moved: bool,
     ) -> Self {
-        let incoming_flash = session.flash().clone();
+        let incoming_flash = session.flash_values().clone();
         let base_writes = session.recent_writes().to_vec();
         let version = session.version();
         let send_cookie = expiry_moved && config.persistent;
@@ -311,7 +314,7 @@ impl ActiveSession {
         };
         let value = decode_value(key, flash_value(bytes))?;
         if self.consumed_flash.insert(key.to_owned()) {
-            let consume = Change::ConsumeFlash(key.to_owned(), bytes.clone());
+            let consume = Change::ConsumeFlash(key.to_owned(), bytes.to_vec());
             // Reading happens before this request's own changes: a flash it
             // already set under this key stays.
             let set_here = self

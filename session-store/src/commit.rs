@@ -99,6 +99,25 @@ impl ActiveSession {
         committed
     }
 
+    /// Whether [`commit`](Self::commit) has anything to do: a write, an
+    /// expiry touch, a delete, or a cookie to send. When `false`, `commit`
+    /// would return `Ok(None)` without calling the store, so a framework
+    /// layer may drop the handle instead (a request that only read its
+    /// session, before `touch_after` is due). Conservative: `true` does not
+    /// promise that `commit` writes.
+    pub fn needs_commit(&self) -> bool {
+        if !self.changes.is_empty() || !self.discarded.is_empty() {
+            return true;
+        }
+        match &self.state {
+            State::Gone => false,
+            State::New => !self.session.is_empty() || self.create_in_doubt.is_some(),
+            State::Loaded { .. } => self.expiry_moved || self.send_cookie,
+            State::Destroyed { pending } => !pending.is_empty() || self.had_cookie,
+            State::Regenerating { .. } => true,
+        }
+    }
+
     async fn commit_to_store(&mut self) -> Result<Option<Cookie<'static>>> {
         self.drop_discarded().await;
         match self.state.clone() {

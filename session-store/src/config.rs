@@ -1,5 +1,6 @@
 //! How the manager names, protects and times sessions.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,11 +128,11 @@ impl fmt::Debug for SessionConfig {
 impl SessionConfig {
     /// The cookie name as sent: `__Host-` + [`cookie_name`](Self::cookie_name)
     /// when [`host_prefix`](Self::host_prefix) is on and the cookie qualifies.
-    pub fn effective_cookie_name(&self) -> String {
+    pub fn effective_cookie_name(&self) -> Cow<'_, str> {
         if self.uses_host_prefix() {
-            format!("__Host-{}", self.cookie_name)
+            Cow::Owned(format!("__Host-{}", self.cookie_name))
         } else {
-            self.cookie_name.clone()
+            Cow::Borrowed(&self.cookie_name)
         }
     }
 

@@ -62,27 +62,25 @@ impl CookieSeal {
     /// keys and decodes. Anything else (absent, oversized, tampered, sealed
     /// with an unknown key, a record this version cannot read) is `None`,
     /// and the request starts a fresh session.
-    pub(crate) fn open(&self, config: &SessionConfig, jar: &CookieJar) -> Option<Opened> {
-        let name = config.effective_cookie_name();
-        let presented = jar.get(&name)?;
+    pub(crate) fn open(&self, name: &str, presented: &str) -> Option<Opened> {
         // Browsers never send more; decrypting a larger value is work an
         // attacker chose for us.
-        if presented.value().len() > MAX_COOKIE_BYTES {
-            tracing::debug!(cookie = %name, bytes = presented.value().len(), "oversized session cookie ignored");
+        if presented.len() > MAX_COOKIE_BYTES {
+            tracing::debug!(cookie = %name, bytes = presented.len(), "oversized session cookie ignored");
             return None;
         }
         // The private jar reads standard base64; we send it URL-safe.
         let sealed = URL_SAFE_NO_PAD
-            .decode(presented.value())
+            .decode(presented)
             .inspect_err(|e| tracing::debug!(error = %e, "session cookie is not a sealed value"))
             .ok()?;
         let mut as_sealed = CookieJar::new();
-        as_sealed.add_original(Cookie::new(name.clone(), STANDARD.encode(sealed)));
+        as_sealed.add_original(Cookie::new(name.to_owned(), STANDARD.encode(sealed)));
         let (index, plain) = self
             .keys
             .iter()
             .enumerate()
-            .find_map(|(index, key)| as_sealed.private(key).get(&name).map(|c| (index, c)))?;
+            .find_map(|(index, key)| as_sealed.private(key).get(name).map(|c| (index, c)))?;
         let Some((token, record)) = plain.value().split_once(SEPARATOR) else {
             tracing::debug!("sealed session cookie has no record");
             return None;

@@ -1,6 +1,7 @@
 //! Reading the session cookie from a request and writing it back: the
 //! duplicate-cookie rule, signature checks and key rotation.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use cookie::{Cookie, CookieJar};
@@ -55,82 +56,107 @@ pub fn jar_from_cookie_headers<'a>(headers: impl IntoIterator<Item = &'a str>) -
 /// What [`jar_from_cookie_headers`] would build, but holding only the
 /// cookie called `name` (the session cookie): the same parsing and the same
 /// duplicate rule, without parsing, copying and hashing every other cookie
-/// of the request. This is what the framework layers use on every request.
+/// of the request.
 pub fn session_jar_from_cookie_headers<'a>(
     headers: impl IntoIterator<Item = &'a str>,
     name: &str,
 ) -> CookieJar {
+    let mut jar = CookieJar::new();
+    if let Some(value) = session_cookie_value(headers, name) {
+        jar.add_original(Cookie::new(name.to_owned(), value.into_owned()));
+    }
+    jar
+}
+
+/// The value of the cookie called `name` (the session cookie) in a
+/// request's `Cookie` headers, percent-decoded, as
+/// [`jar_from_cookie_headers`] would hold it: `None` when absent, and when
+/// sent twice with different values (see there). This is what the
+/// framework layers use on every request, with
+/// [`SessionManager::start_from_value`](crate::SessionManager::start_from_value):
+/// a value with nothing to decode (a token) is borrowed from the header,
+/// and no other cookie is parsed.
+pub fn session_cookie_value<'a>(
+    headers: impl IntoIterator<Item = &'a str>,
+    name: &str,
+) -> Option<Cow<'a, str>> {
     // `None`: not seen; `Some(None)`: seen with two different values.
-    let mut found: Option<Option<Cookie<'static>>> = None;
+    let mut found: Option<Option<Cow<'a, str>>> = None;
     for header in headers {
         for piece in header.split(';') {
-            let piece = piece.trim();
-            let raw_name = piece.split('=').next().unwrap_or_default().trim();
-            // A percent-encoded name may decode to ours: let the parser say.
-            if raw_name != name && !raw_name.contains('%') {
-                continue;
-            }
-            let Ok(cookie) = Cookie::parse_encoded(piece.to_owned()) else {
+            // As the cookie parser splits a pair: at the first `=`, both
+            // sides trimmed; a piece without `=` is no cookie.
+            let Some((raw_name, raw_value)) = piece.split_once('=') else {
                 continue;
             };
-            if cookie.name() != name {
+            let (raw_name, raw_value) = (raw_name.trim(), raw_value.trim());
+            let encoded_name = raw_name.contains('%');
+            let value = if !encoded_name && raw_name == name && !raw_value.contains('%') {
+                Cow::Borrowed(raw_value)
+            } else if encoded_name || raw_name == name {
+                // Percent-encoded: the name may decode to ours, and the
+                // value decodes. Let the parser say.
+                match Cookie::parse_encoded(piece.trim()) {
+                    Ok(cookie) if cookie.name() == name => Cow::Owned(cookie.value().to_owned()),
+                    _ => continue,
+                }
+            } else {
                 continue;
-            }
+            };
             match &mut found {
-                None => found = Some(Some(cookie)),
+                None => found = Some(Some(value)),
                 Some(slot) => {
-                    if slot
-                        .as_ref()
-                        .is_some_and(|kept| kept.value() != cookie.value())
-                    {
+                    if slot.as_ref().is_some_and(|kept| *kept != value) {
                         *slot = None;
                     }
                 }
             }
         }
     }
-    let mut jar = CookieJar::new();
     match found {
-        Some(Some(cookie)) => jar.add_original(cookie),
+        Some(Some(value)) => Some(value),
         Some(None) => {
-            tracing::debug!(cookie = %name, "cookie sent twice with different values; ignored")
+            tracing::debug!(cookie = %name, "cookie sent twice with different values; ignored");
+            None
         }
-        None => {}
+        None => None,
     }
-    jar
 }
 
 /// The session cookie's value as this request presented it.
-pub(crate) struct Presented {
+pub(crate) struct Presented<'a> {
     /// The token, verified when signing is on.
-    pub token: String,
+    pub token: Cow<'a, str>,
     /// Verified by a signing key other than the first: re-issue it.
     pub stale_key: bool,
 }
 
-/// The session cookie's token, verified when signing is on.
-pub(crate) fn presented_token(config: &SessionConfig, jar: &CookieJar) -> Option<Presented> {
-    let name = config.effective_cookie_name();
+/// The token in the session cookie's `value`, verified when signing is on.
+pub(crate) fn presented_token<'a>(config: &SessionConfig, value: &'a str) -> Option<Presented<'a>> {
     if config.signing_keys.is_empty() {
-        return jar.get(&name).map(|c| Presented {
-            token: c.value().to_owned(),
+        return Some(Presented {
+            token: Cow::Borrowed(value),
             stale_key: false,
         });
     }
+    let name = config.effective_cookie_name().into_owned();
+    // The cookie crate checks the signature; its parent jar stays empty.
+    let jar = CookieJar::new();
     config
         .signing_keys
         .iter()
         .enumerate()
         .find_map(|(index, key)| {
-            jar.signed(key).get(&name).map(|c| Presented {
-                token: c.value().to_owned(),
+            let cookie = Cookie::new(name.clone(), value.to_owned());
+            jar.signed(key).verify(cookie).map(|c| Presented {
+                token: Cow::Owned(c.value().to_owned()),
                 stale_key: index > 0,
             })
         })
 }
 
 pub(crate) fn base_cookie(config: &SessionConfig, value: String) -> Cookie<'static> {
-    let mut cookie = Cookie::build((config.effective_cookie_name(), value))
+    let mut cookie = Cookie::build((config.effective_cookie_name().into_owned(), value))
         .http_only(config.http_only)
         .same_site(config.same_site)
         .secure(config.secure)

@@ -32,7 +32,7 @@ pub use async_trait::async_trait;
 pub use config::{SessionConfig, TokenGenerator};
 pub use cookie;
 pub use cookie_only::MAX_COOKIE_BYTES;
-pub use cookies::{jar_from_cookie_headers, session_jar_from_cookie_headers};
+pub use cookies::{jar_from_cookie_headers, session_cookie_value, session_jar_from_cookie_headers};
 pub use error::{BoxError, Error, Result};
 pub use events::{EventHook, SessionEvent, SessionEvents, EVENT_QUEUE};
 pub use id::{SessionId, SessionToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};

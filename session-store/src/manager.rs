@@ -1,11 +1,10 @@
 //! The session manager: starts each request's session from its cookies.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use cookie::{CookieJar, Key};
+use cookie::{Cookie, CookieJar, Key};
 
 use crate::active::{ActiveSession, State};
 use crate::config::millis;
@@ -17,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::id::SessionToken;
 use crate::session::{now_millis, Session};
 use crate::store::SessionInterface;
+use crate::values::Values;
 
 /// Where sessions live: a store, or (cookie-only mode) their own cookies.
 enum Backend {
@@ -62,6 +62,8 @@ impl Backend {
 pub struct SessionManager {
     backend: ArcSwap<Backend>,
     config: Arc<SessionConfig>,
+    /// [`SessionConfig::effective_cookie_name`], worked out once.
+    cookie_name: String,
 }
 
 impl fmt::Debug for SessionManager {
@@ -85,6 +87,7 @@ impl SessionManager {
         config.validate()?;
         Ok(SessionManager {
             backend: ArcSwap::from_pointee(Backend::Store(store)),
+            cookie_name: config.effective_cookie_name().into_owned(),
             config: Arc::new(config),
         })
     }
@@ -136,6 +139,7 @@ impl SessionManager {
         config.validate()?;
         Ok(SessionManager {
             backend: ArcSwap::from_pointee(Backend::Cookie(Arc::new(CookieSeal::new(keys)?))),
+            cookie_name: config.effective_cookie_name().into_owned(),
             config: Arc::new(config),
         })
     }
@@ -144,6 +148,12 @@ impl SessionManager {
     /// rather than in a store.
     pub fn is_cookie_only(&self) -> bool {
         matches!(**self.backend.load(), Backend::Cookie(_))
+    }
+
+    /// The name of the session cookie as sent
+    /// ([`SessionConfig::effective_cookie_name`]).
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
     }
 
     /// The configuration.
@@ -203,13 +213,23 @@ impl SessionManager {
     ///
     /// Errors only when the store fails (a 503 for the request).
     pub async fn start(&self, jar: &CookieJar) -> Result<ActiveSession> {
+        self.start_from_value(jar.get(&self.cookie_name).map(Cookie::value))
+            .await
+    }
+
+    /// [`start`](Self::start) from the session cookie's value alone, as
+    /// [`session_cookie_value`](crate::session_cookie_value) reads it from
+    /// the request's `Cookie` headers (`None`: no session cookie, or one
+    /// sent twice with different values). What the framework layers call:
+    /// no cookie jar is built.
+    pub async fn start_from_value(&self, value: Option<&str>) -> Result<ActiveSession> {
         let store = match &**self.backend.load() {
             Backend::Store(store) => store.clone(),
-            Backend::Cookie(seal) => return self.start_from_cookie(seal.clone(), jar),
+            Backend::Cookie(seal) => return self.start_sealed(seal.clone(), value),
         };
-        let had_cookie = jar.get(&self.config.effective_cookie_name()).is_some();
+        let had_cookie = value.is_some();
         let now = now_millis();
-        if let Some(presented) = presented_token(&self.config, jar) {
+        if let Some(presented) = value.and_then(|value| presented_token(&self.config, value)) {
             match SessionToken::parse(&presented.token) {
                 Ok(token) => {
                     let id = token.id();
@@ -269,17 +289,17 @@ impl SessionManager {
             session,
             had_cookie,
             State::New,
-            BTreeMap::new(),
+            Values::default(),
         ))
     }
 
     /// `start` in cookie-only mode: the session is whatever the cookie
     /// holds, if it opens and its sealed times say it is live. Never
     /// touches a store, never fails on what the client sent.
-    fn start_from_cookie(&self, seal: Arc<CookieSeal>, jar: &CookieJar) -> Result<ActiveSession> {
-        let had_cookie = jar.get(&self.config.effective_cookie_name()).is_some();
+    fn start_sealed(&self, seal: Arc<CookieSeal>, value: Option<&str>) -> Result<ActiveSession> {
+        let had_cookie = value.is_some();
         let now = now_millis();
-        let mut active = match seal.open(&self.config, jar) {
+        let mut active = match value.and_then(|value| seal.open(&self.cookie_name, value)) {
             Some(opened) => {
                 let session = opened.session;
                 // The sealed expiry is the idle timeout as of the last cookie

@@ -363,6 +363,10 @@ impl Session {
         self.flash.map()
     }
 
+    pub(crate) fn flash_values(&self) -> &Values {
+        &self.flash
+    }
+
     /// Flash values, mutable.
     pub fn flash_mut(&mut self) -> &mut BTreeMap<String, Vec<u8>> {
         self.flash.map_mut()
