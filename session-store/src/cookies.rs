@@ -90,6 +90,10 @@ pub fn session_cookie_value<'a>(
                 continue;
             };
             let (raw_name, raw_value) = (raw_name.trim(), raw_value.trim());
+            // Nor is one without a name.
+            if raw_name.is_empty() {
+                continue;
+            }
             let encoded_name = raw_name.contains('%');
             let value = if !encoded_name && raw_name == name && !raw_value.contains('%') {
                 Cow::Borrowed(raw_value)
@@ -211,6 +215,30 @@ mod tests {
         assert_eq!(jar.get("id").map(|c| c.value()), Some("a"));
         let jar = jar_from_cookie_headers(["id=a; id=b; id=a"]);
         assert!(jar.get("id").is_none(), "a third copy does not revive it");
+    }
+
+    /// A token needs no decoding: it is read in place, not copied.
+    #[test]
+    fn a_plain_value_is_borrowed_and_an_encoded_one_decoded() {
+        let header = "other=1; id=tok_en-1; x=%41";
+        assert!(matches!(
+            session_cookie_value([header], "id"),
+            Some(Cow::Borrowed("tok_en-1"))
+        ));
+        assert_eq!(
+            session_cookie_value(["id=t%6Fk"], "id").as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            session_cookie_value(["%69d=tok"], "id").as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            session_cookie_value(["id=tok; %69d=tok"], "id").as_deref(),
+            Some("tok")
+        );
+        assert_eq!(session_cookie_value(["id=tok; %69d=other"], "id"), None);
+        assert_eq!(session_cookie_value(["x=1"], "id"), None);
     }
 
     /// The session-cookie-only jar agrees with the full jar on the session
