@@ -135,15 +135,19 @@ pub(crate) struct Presented<'a> {
     pub stale_key: bool,
 }
 
-/// The token in the session cookie's `value`, verified when signing is on.
-pub(crate) fn presented_token<'a>(config: &SessionConfig, value: &'a str) -> Option<Presented<'a>> {
+/// The token in the value of the session cookie called `name` (the
+/// signature covers the name too), verified when signing is on.
+pub(crate) fn presented_token<'a>(
+    config: &SessionConfig,
+    name: &str,
+    value: &'a str,
+) -> Option<Presented<'a>> {
     if config.signing_keys.is_empty() {
         return Some(Presented {
             token: Cow::Borrowed(value),
             stale_key: false,
         });
     }
-    let name = config.effective_cookie_name().into_owned();
     // The cookie crate checks the signature; its parent jar stays empty.
     let jar = CookieJar::new();
     config
@@ -151,7 +155,7 @@ pub(crate) fn presented_token<'a>(config: &SessionConfig, value: &'a str) -> Opt
         .iter()
         .enumerate()
         .find_map(|(index, key)| {
-            let cookie = Cookie::new(name.clone(), value.to_owned());
+            let cookie = Cookie::new(name.to_owned(), value.to_owned());
             jar.signed(key).verify(cookie).map(|c| Presented {
                 token: Cow::Owned(c.value().to_owned()),
                 stale_key: index > 0,

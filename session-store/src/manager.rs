@@ -229,7 +229,9 @@ impl SessionManager {
         };
         let had_cookie = value.is_some();
         let now = now_millis();
-        if let Some(presented) = value.and_then(|value| presented_token(&self.config, value)) {
+        if let Some(presented) =
+            value.and_then(|value| presented_token(&self.config, &self.cookie_name, value))
+        {
             match SessionToken::parse(&presented.token) {
                 Ok(token) => {
                     let id = token.id();
