@@ -75,9 +75,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use session_store::{session_cookie_value, ActiveSession, Error, SessionId, SessionManager};
+use session_store::{session_cookie_value, ActiveSession, Error, SessionManager};
 use tokio::sync::OnceCell;
 use tower::{Layer, Service};
 
@@ -428,89 +426,7 @@ impl Session {
         }
     }
 
-    /// The store id (a hash of the cookie token; safe to log); `None` once
-    /// the request has ended.
-    pub fn id(&self) -> Option<SessionId> {
-        self.with(|s| s.id()).ok()
-    }
-
-    /// Whether this request started a new session.
-    pub fn is_new(&self) -> bool {
-        self.with(|s| s.is_new()).unwrap_or(false)
-    }
-
-    /// Reads `key` as a `T`; `Ok(None)` when absent.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
-        self.with(|s| s.get(key))?
-    }
-
-    /// Stores `value` under `key`.
-    pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
-        self.with(|s| s.insert(key, value))?
-    }
-
-    /// Removes `key`; returns whether it was there.
-    pub fn remove(&self, key: &str) -> bool {
-        self.with(|s| s.remove(key)).unwrap_or(false)
-    }
-
-    /// Read-modify-write of one value that stays exact under concurrent
-    /// requests (see [`ActiveSession::modify`]).
-    pub fn modify<T, F>(&self, key: &str, f: F) -> Result<T, Error>
-    where
-        T: Serialize + DeserializeOwned,
-        F: Fn(Option<T>) -> T + Send + Sync + 'static,
-    {
-        self.with(|s| s.modify(key, f))?
-    }
-
-    /// Sets a flash value for the next request.
-    pub fn flash<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
-        self.with(|s| s.flash(key, value))?
-    }
-
-    /// A flash value set by an earlier request. Reading it consumes it when
-    /// this request commits; flash values not read stay for a later
-    /// request, and so does one read by a request that commits nothing (its
-    /// handler panicked, or it answered 5xx with
-    /// [`SessionLayer::save_on_server_error`]`(false)`).
-    pub fn get_flash<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
-        self.with(|s| s.get_flash(key))?
-    }
-
-    /// New id, data kept, old record deleted: call after login.
-    pub fn regenerate(&self) -> Result<(), Error> {
-        self.with(|s| s.regenerate())?
-    }
-
-    /// Deletes the session and expires its cookie: call on logout.
-    pub fn destroy(&self) -> Result<(), Error> {
-        self.with(|s| s.destroy())
-    }
-    /// Binds the session to an application user (a user id, never a
-    /// password) with small metadata such as a device label, so that
-    /// `SessionManager::sessions_of` lists it and `revoke_user` can end it
-    /// (see [`ActiveSession::set_user`]). Call it at login, with
-    /// [`regenerate`](Self::regenerate).
-    pub fn set_user(
-        &self,
-        user_key: &str,
-        metadata: std::collections::BTreeMap<String, String>,
-    ) -> Result<(), Error> {
-        self.with(|s| s.set_user(user_key, metadata))?
-    }
-
-    /// Unbinds the session from its user (it stays, anonymous).
-    pub fn clear_user(&self) -> Result<(), Error> {
-        self.with(|s| s.clear_user())
-    }
-
-    /// The user this session is bound to, if any.
-    pub fn user_key(&self) -> Option<String> {
-        self.with(|s| s.user_key().map(str::to_owned))
-            .ok()
-            .flatten()
-    }
+    session_store::session_handle_methods!("SessionLayer::save_on_server_error");
 }
 
 /// Loads the request's session on first use (one store read, shared by

@@ -17,6 +17,7 @@ mod cookie_only;
 mod cookies;
 mod error;
 mod events;
+mod handle;
 mod id;
 mod manager;
 mod session;
@@ -43,4 +44,10 @@ pub use session::{
 };
 pub use store::{DeleteOutcome, FlushReport, SessionInterface, UpdateOutcome, MAX_VERSION};
 pub use time;
+
+/// What [`session_handle_methods!`] names; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
 pub use users::UserSession;
