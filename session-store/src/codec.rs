@@ -26,6 +26,7 @@
 //! without breaking stored sessions.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 
 use bytes::Bytes;
 
@@ -100,18 +101,19 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
 }
 
 /// Decodes a record stored under `id`. `origin` names where the bytes came
-/// from (a key, a row, a file) for the error message.
+/// from (a key, a row, a file) for the error message; it is written out
+/// only for an error, so `format_args!` costs nothing on success.
 ///
 /// The record is copied once; a caller that owns it should prefer
 /// [`decode_owned`], which keeps it without copying.
-pub fn decode(id: SessionId, bytes: &[u8], origin: &str) -> Result<Session> {
+pub fn decode(id: SessionId, bytes: &[u8], origin: impl Display) -> Result<Session> {
     // Refused before the copy, not after.
-    body_within_limit(bytes.len(), origin)?;
-    decode_owned(id, Bytes::copy_from_slice(bytes), origin)
+    body_within_limit(bytes.len(), &origin)?;
+    decode_owned(id, Bytes::copy_from_slice(bytes), &origin)
 }
 
 /// [`Error::Decode`] for a record whose body could be over [`MAX_BODY`].
-fn body_within_limit(record_len: usize, origin: &str) -> Result<()> {
+fn body_within_limit(record_len: usize, origin: &dyn Display) -> Result<()> {
     if record_len > HEADER_LEN + 2 + MAX_USER_KEY_LEN + MAX_BODY {
         return Err(Error::decode(
             origin,
@@ -125,8 +127,15 @@ fn body_within_limit(record_len: usize, origin: &str) -> Result<()> {
 /// convert into [`Bytes`] without copying, and a `Bytes` clone shares its
 /// buffer). The session keeps the record's data and flash maps as they are
 /// and decodes each value when it is read.
-pub fn decode_owned(id: SessionId, bytes: impl Into<Bytes>, origin: &str) -> Result<Session> {
-    let bytes: Bytes = bytes.into();
+pub fn decode_owned(
+    id: SessionId,
+    bytes: impl Into<Bytes>,
+    origin: impl Display,
+) -> Result<Session> {
+    decode_bytes(id, bytes.into(), &origin)
+}
+
+fn decode_bytes(id: SessionId, bytes: Bytes, origin: &dyn Display) -> Result<Session> {
     let header = header(&bytes, origin)?;
     let config = bincode::config::standard().with_limit::<MAX_BODY>();
     let (user_key, body_start) = user_key_at(&bytes, header.format, origin)?;
@@ -180,13 +189,17 @@ pub fn decode_owned(id: SessionId, bytes: impl Into<Bytes>, origin: &str) -> Res
 
 /// The user key of an encoded record (`None` for a session bound to no
 /// user), read without decoding the body: for stores that keep a user index.
-pub fn user_key<'a>(bytes: &'a [u8], origin: &str) -> Result<Option<&'a str>> {
-    let header = header(bytes, origin)?;
-    Ok(user_key_at(bytes, header.format, origin)?.0)
+pub fn user_key(bytes: &[u8], origin: impl Display) -> Result<Option<&str>> {
+    let header = header(bytes, &origin)?;
+    Ok(user_key_at(bytes, header.format, &origin)?.0)
 }
 
 /// The user key of a record of `format`, and where its body starts.
-fn user_key_at<'a>(bytes: &'a [u8], format: u8, origin: &str) -> Result<(Option<&'a str>, usize)> {
+fn user_key_at<'a>(
+    bytes: &'a [u8],
+    format: u8,
+    origin: &dyn Display,
+) -> Result<(Option<&'a str>, usize)> {
     if format != FORMAT_V3 {
         return Ok((None, HEADER_LEN));
     }
@@ -222,7 +235,7 @@ pub struct Header {
 }
 
 /// Reads only the header of a record.
-pub fn header(bytes: &[u8], origin: &str) -> Result<Header> {
+pub fn header(bytes: &[u8], origin: impl Display) -> Result<Header> {
     if bytes.len() < HEADER_LEN {
         return Err(Error::decode(
             origin,
@@ -249,7 +262,7 @@ pub fn header(bytes: &[u8], origin: &str) -> Result<Header> {
 }
 
 /// Rewrites the expiry in an encoded record, leaving everything else alone.
-pub fn patch_expires_at(bytes: &mut [u8], expires_at_ms: i64, origin: &str) -> Result<()> {
+pub fn patch_expires_at(bytes: &mut [u8], expires_at_ms: i64, origin: impl Display) -> Result<()> {
     header(bytes, origin)?;
     bytes[EXPIRES_AT_RANGE].copy_from_slice(&expires_at_ms.to_be_bytes());
     Ok(())

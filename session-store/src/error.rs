@@ -171,10 +171,12 @@ impl Error {
         }
     }
 
-    /// Builds an [`Error::Decode`].
-    pub fn decode(key: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+    /// Builds an [`Error::Decode`]. `key` is written out only here, so a
+    /// caller can name the record lazily (`format_args!`) and pay for the
+    /// text only when something failed.
+    pub fn decode(key: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
         Error::Decode {
-            key: key.into(),
+            key: key.to_string(),
             reason: reason.to_string(),
         }
     }

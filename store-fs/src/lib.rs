@@ -497,7 +497,7 @@ fn read_header(path: &Path) -> Result<Option<codec::Header>> {
 /// [`Error::Decode`] naming `origin`: no store writes one, so the file is
 /// corrupt, and taking it at its word would let `update` and `delete_if`
 /// act on a version no caller can hold.
-fn record_header(bytes: &[u8], origin: &str) -> Result<codec::Header> {
+fn record_header(bytes: &[u8], origin: &dyn std::fmt::Display) -> Result<codec::Header> {
     let header = codec::header(bytes, origin)?;
     if (1..=MAX_VERSION).contains(&header.version) {
         Ok(header)
@@ -668,7 +668,7 @@ fn read_head(path: &Path) -> Result<Option<(codec::Header, Option<String>)>> {
             Err(e) => return Err(io_error("reading", path, e)),
         }
     }
-    let origin = path.display().to_string();
+    let origin = path.display();
     let header = record_header(&head[..filled], &origin)?;
     let user = codec::user_key(&head[..filled], &origin)?.map(str::to_owned);
     Ok(Some((header, user)))
@@ -874,7 +874,7 @@ impl SessionInterface for FsStore {
             let Some(bytes) = read_file(path)? else {
                 return Ok(None);
             };
-            let origin = path.display().to_string();
+            let origin = path.display();
             record_header(&bytes, &origin)?;
             let session = codec::decode_owned(id, bytes, &origin)?;
             Ok((!session.is_expired()).then_some(session))
@@ -1002,11 +1002,7 @@ impl SessionInterface for FsStore {
                 // A slower request that computed an earlier expiry must not
                 // cut short what a faster one extended.
                 if header.expires_at_ms > wanted_expiry {
-                    codec::patch_expires_at(
-                        &mut bytes,
-                        header.expires_at_ms,
-                        &path.display().to_string(),
-                    )?;
+                    codec::patch_expires_at(&mut bytes, header.expires_at_ms, path.display())?;
                 }
                 deadline.check("updating", path)?;
                 rebind(c, &id, old_user.as_deref(), user.as_deref(), || {
@@ -1056,7 +1052,7 @@ impl SessionInterface for FsStore {
             let Some(mut bytes) = read_file(path)? else {
                 return Ok(false);
             };
-            let origin = path.display().to_string();
+            let origin = path.display();
             let stored = record_header(&bytes, &origin)?.expires_at_ms;
             if stored <= now_millis() {
                 return Ok(false);
@@ -1191,7 +1187,7 @@ impl SessionInterface for FsStore {
                     stale.push(id);
                     continue;
                 };
-                let origin = path.display().to_string();
+                let origin = path.display();
                 let header = match record_header(&bytes, &origin) {
                     Ok(header) => header,
                     Err(e) => {

@@ -433,11 +433,11 @@ impl RedisClusterStore {
             .await;
         let (mut raise, mut stale) = (Vec::new(), Vec::new());
         for (id, fetched) in checked {
-            let origin = format!("{}{id}", keyspace.prefix);
+            let origin = format_args!("{}{id}", keyspace.prefix);
             match fetched {
-                Ok(Some(bytes)) => match codec::user_key(&bytes, &origin) {
+                Ok(Some(bytes)) => match codec::user_key(&bytes, origin) {
                     Ok(Some(user)) if keyspace.user_set(user) == set => {
-                        let at = codec::header(&bytes, &origin).map(|h| h.expires_at_ms);
+                        let at = codec::header(&bytes, origin).map(|h| h.expires_at_ms);
                         if let Ok(at) = at {
                             raise.push((id, at));
                         }

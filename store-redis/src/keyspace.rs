@@ -343,7 +343,7 @@ impl Keyspace {
     /// A record a user set lists, as a session.
     pub(crate) fn decode_listed(&self, member: &[u8], bytes: &[u8]) -> Result<Session> {
         let id = self.listed_id(member)?;
-        codec::decode(id, bytes, &self.key(&id))
+        codec::decode(id, bytes, format_args!("{}{id}", self.prefix))
     }
 
     /// The key of `user_key`'s set in this namespace.

@@ -361,8 +361,8 @@ where
         })();
         let (record, expires_at, version) =
             columns.map_err(|e| Error::decode(self.context("get"), e))?;
-        let origin = format!("row {id} of table {}", self.table_name);
-        decode_session(*id, record, expires_at, version, &origin).map(Some)
+        let origin = format_args!("row {id} of table {}", self.table_name);
+        decode_session(*id, record, expires_at, version, origin).map(Some)
     }
 
     /// Stores `session` whatever is there.
@@ -449,8 +449,8 @@ where
             let Some(id) = self.row_id(&id, "sessions_of") else {
                 continue;
             };
-            let origin = format!("row {id} of table {}", self.table_name);
-            match decode_session(id, record, expires_at, version, &origin) {
+            let origin = format_args!("row {id} of table {}", self.table_name);
+            match decode_session(id, record, expires_at, version, origin) {
                 Ok(session) if session.user_key() == Some(user_key) => sessions.push(session),
                 Ok(_) => tracing::warn!(
                     store = D::STORE,
@@ -701,9 +701,9 @@ pub(crate) fn decode_session(
     record: Vec<u8>,
     expires_at: i64,
     version: i64,
-    origin: &str,
+    origin: impl std::fmt::Display,
 ) -> Result<Session> {
-    let mut session = codec::decode_owned(id, record, origin)?;
+    let mut session = codec::decode_owned(id, record, &origin)?;
     session.set_expires_at_millis(expires_at);
     let version = u64::try_from(version)
         .ok()
