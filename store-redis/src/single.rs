@@ -305,7 +305,11 @@ impl Lanes {
         if let Some(lane) = slot.as_ref() {
             return Ok(lane.shared.clone());
         }
-        let pooled = pool.get().await.map_err(BoxError::from)?;
+        // Boxed: drawing a connection may create one, and that future is
+        // some 14 KB, which would otherwise be part of every operation's
+        // future (and copied whenever one is boxed) for a path taken once
+        // per lane.
+        let pooled = Box::pin(pool.get()).await.map_err(BoxError::from)?;
         let shared = MultiplexedConnection::clone(&pooled);
         *slot = Some(Lane {
             pooled,
