@@ -10,8 +10,8 @@
 /// Invoke it inside the handle's `impl` block, beside a method
 /// `fn with<R>(&self, f: impl FnOnce(&mut ActiveSession) -> R) -> Result<R, Error>`
 /// that runs `f` on the request's session and fails once the request has
-/// committed it (its signature names `ActiveSession`, which the docs
-/// written here link to). The argument is the path of the layer's switch
+/// committed it. The docs written here link to `ActiveSession` by that
+/// name, so the calling module imports it as such (`with` names it anyway). The argument is the path of the layer's switch
 /// that keeps a failed response's changes, for the docs to link to.
 ///
 /// ```

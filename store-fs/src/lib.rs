@@ -490,7 +490,7 @@ fn read_header(path: &Path) -> Result<Option<codec::Header>> {
             Err(e) => return Err(io_error("reading", path, e)),
         }
     }
-    record_header(&header[..filled], &path.display().to_string()).map(Some)
+    record_header(&header[..filled], &path.display()).map(Some)
 }
 
 /// The header of a record, refusing a version outside `1..=MAX_VERSION` as
