@@ -109,7 +109,7 @@ pub fn encode(session: &Session, version: u64) -> Result<Vec<u8>> {
 pub fn decode(id: SessionId, bytes: &[u8], origin: impl Display) -> Result<Session> {
     // Refused before the copy, not after.
     body_within_limit(bytes.len(), &origin)?;
-    decode_owned(id, Bytes::copy_from_slice(bytes), &origin)
+    decode_bytes(id, Bytes::copy_from_slice(bytes), &origin)
 }
 
 /// [`Error::Decode`] for a record whose body could be over [`MAX_BODY`].

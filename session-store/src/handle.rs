@@ -11,8 +11,9 @@
 /// `fn with<R>(&self, f: impl FnOnce(&mut ActiveSession) -> R) -> Result<R, Error>`
 /// that runs `f` on the request's session and fails once the request has
 /// committed it. The docs written here link to `ActiveSession` by that
-/// name, so the calling module imports it as such (`with` names it anyway). The argument is the path of the layer's switch
-/// that keeps a failed response's changes, for the docs to link to.
+/// name, so the calling module imports it as such (`with` names it
+/// anyway). The argument is the path of the layer's switch that keeps a
+/// failed response's changes, for the docs to link to.
 ///
 /// ```
 /// use session_store::{ActiveSession, Error};

@@ -44,10 +44,10 @@ pub use session::{
 };
 pub use store::{DeleteOutcome, FlushReport, SessionInterface, UpdateOutcome, MAX_VERSION};
 pub use time;
+pub use users::UserSession;
 
 /// What [`session_handle_methods!`] names; not a public API.
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
 }
-pub use users::UserSession;
