@@ -690,3 +690,76 @@ async fn revoke_judges_the_rows_a_concurrent_writer_left() {
     assert!(!store.exists(&saved.id()).await.unwrap());
     store.drop_table().await.unwrap();
 }
+
+/// A batch of `revoke_user` that InnoDB rolls back to break a deadlock runs
+/// again rather than failing the revoke, and answers each row once. The
+/// deadlock is made on purpose: another transaction, heavier (it wrote 50
+/// rows elsewhere, so InnoDB spares it), holds the user's higher row while
+/// the revoke holds the lower, then asks for the lower.
+#[tokio::test]
+async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let (mut low, mut high) = (bound("ada"), bound("ada"));
+    if low.id().as_bytes() > high.id().as_bytes() {
+        std::mem::swap(&mut low, &mut high);
+    }
+    store.create(&low).await.unwrap();
+    store.create(&high).await.unwrap();
+    let t = format!("`{}`", store.table());
+    let weight = format!("`{}_weight`", store.table());
+    let other = sqlx::MySqlPool::connect(&common::mysql_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE TABLE {weight} (n INT PRIMARY KEY)"))
+        .execute(&other)
+        .await
+        .unwrap();
+    let mut tx = other.begin().await.unwrap();
+    let values: Vec<String> = (0..50).map(|n| format!("({n})")).collect();
+    sqlx::query(&format!(
+        "INSERT INTO {weight} VALUES {}",
+        values.join(", ")
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let lock = format!("SELECT id FROM {t} WHERE id = ? FOR UPDATE");
+    let row = |s: &Session| s.id().as_bytes().to_vec();
+    sqlx::query(&lock)
+        .bind(row(&high))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let revoking = tokio::spawn({
+        let store = store.clone();
+        async move { store.revoke_user("ada", None).await }
+    });
+    // The revoke holds `low` and waits for `high`; asking for `low` closes
+    // the cycle, and InnoDB rolls back the lighter transaction, the revoke's.
+    until_blocked(&store).await;
+    sqlx::query(&lock)
+        .bind(row(&low))
+        .fetch_one(&mut *tx)
+        .await
+        .expect("InnoDB chose the revoke, the lighter transaction, as the victim");
+    // The revoke's next try waits for `low` until this commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    let revoked: BTreeSet<_> = revoking
+        .await
+        .unwrap()
+        .expect("the retried batch")
+        .into_iter()
+        .collect();
+    assert_eq!(revoked, BTreeSet::from([low.id(), high.id()]));
+    assert!(!store.exists(&low.id()).await.unwrap());
+    assert!(!store.exists(&high.id()).await.unwrap());
+    sqlx::query(&format!("DROP TABLE {weight}"))
+        .execute(&other)
+        .await
+        .unwrap();
+    store.drop_table().await.unwrap();
+}

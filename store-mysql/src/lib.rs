@@ -23,7 +23,7 @@
 //! | `update`, `delete_if`, `touch` | one conditional `UPDATE`/`DELETE`; when `update` or `delete_if` matches nothing, a `SELECT` tells a conflict from a gone record | 1 (2 on a miss) |
 //! | `flush`, `clear` | a clock read (`flush`), then per batch of 1000: `SELECT` ids, `DELETE` them | 2 per batch |
 //! | `sessions_of` | one `SELECT` through the user index | 1 |
-//! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT` | 1, then 4 per batch |
+//! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT`; a batch chosen as a deadlock's victim (rolled back whole) runs again, up to 5 times | 1, then 4 per batch |
 //! | `migrate` | `GET_LOCK`, then each missing step and its record | a few, once |
 //!
 //! **Clock.** Expiry is judged by the database server's clock, in Unix
@@ -152,6 +152,13 @@ const DUPLICATE_INDEX: u16 = 1061;
 /// deletes in one transaction; its statements bind exactly this many ids
 /// (a short batch repeats its last), so each is one prepared statement.
 const REVOKE_BATCH: usize = 100;
+
+/// MySQL's `ER_LOCK_DEADLOCK`: InnoDB rolled the transaction back to break
+/// a deadlock.
+const LOCK_DEADLOCK: u16 = 1213;
+/// How many times one batch of `revoke_user` runs before a deadlock is the
+/// caller's error (all within the operation timeout).
+const DEADLOCK_ATTEMPTS: u32 = 5;
 
 /// `n` placeholders, comma-separated.
 fn ids(n: usize) -> String {
@@ -424,26 +431,66 @@ impl Dialect for MysqlDialect {
                 .await?;
             let mut deleted = Vec::with_capacity(found.len());
             for batch in found.chunks(REVOKE_BATCH) {
-                let mut tx = self.pool.begin().await?;
-                let mut lock = sqlx::query_scalar::<_, Vec<u8>>(&self.revoke_lock).bind(key);
-                for i in 0..REVOKE_BATCH {
-                    lock = lock.bind(&batch[i.min(batch.len() - 1)][..]);
-                }
-                let locked = lock.fetch_all(&mut *tx).await?;
-                if let Some(last) = locked.len().checked_sub(1) {
-                    let mut delete = sqlx::query(&self.revoke_delete);
-                    for i in 0..REVOKE_BATCH {
-                        delete = delete.bind(&locked[i.min(last)][..]);
+                let mut attempt = 1;
+                loop {
+                    match self.revoke_batch(key, batch).await {
+                        Ok(locked) => {
+                            deleted.extend(locked);
+                            break;
+                        }
+                        // InnoDB rolled the whole transaction back, so
+                        // nothing of this batch was deleted and running it
+                        // again cannot delete twice; the other transaction
+                        // went on, so the next try meets fewer locks.
+                        Err(e) if deadlocked(&e) && attempt < DEADLOCK_ATTEMPTS => {
+                            tracing::debug!(
+                                table = %self.table,
+                                attempt,
+                                "revoke_user: a batch was a deadlock's victim; running it again"
+                            );
+                            tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    delete.execute(&mut *tx).await?;
                 }
-                tx.commit().await?;
-                deleted.extend(locked);
             }
             Ok(deleted)
         };
         store.run("revoke_user", work).await
     }
+}
+
+impl MysqlDialect {
+    /// One batch of `revoke_user`, in one transaction: locks the rows of
+    /// `batch` still bound to the user (`key`), deletes exactly those, and
+    /// answers their ids.
+    async fn revoke_batch(&self, key: &[u8], batch: &[Vec<u8>]) -> sqlx::Result<Vec<Vec<u8>>> {
+        let mut tx = self.pool.begin().await?;
+        let mut lock = sqlx::query_scalar::<_, Vec<u8>>(&self.revoke_lock).bind(key);
+        for i in 0..REVOKE_BATCH {
+            lock = lock.bind(&batch[i.min(batch.len() - 1)][..]);
+        }
+        let locked = lock.fetch_all(&mut *tx).await?;
+        if let Some(last) = locked.len().checked_sub(1) {
+            let mut delete = sqlx::query(&self.revoke_delete);
+            for i in 0..REVOKE_BATCH {
+                delete = delete.bind(&locked[i.min(last)][..]);
+            }
+            delete.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(locked)
+    }
+}
+
+/// Whether InnoDB chose this transaction as a deadlock's victim
+/// (`ER_LOCK_DEADLOCK`), which rolls the whole transaction back.
+fn deadlocked(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<MySqlDatabaseError>())
+        .is_some_and(|e| e.number() == LOCK_DEADLOCK)
 }
 
 /// How to reach MySQL/MariaDB and name the table.
