@@ -748,18 +748,63 @@ async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
     // The revoke's next try waits for `low` until this commits.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tx.commit().await.unwrap();
-    let revoked: BTreeSet<_> = revoking
-        .await
-        .unwrap()
-        .expect("the retried batch")
-        .into_iter()
-        .collect();
-    assert_eq!(revoked, BTreeSet::from([low.id(), high.id()]));
+    let mut revoked = revoking.await.unwrap().expect("the retried batch");
+    revoked.sort_by_key(|id| *id.as_bytes());
+    assert_eq!(revoked, [low.id(), high.id()], "each row answered once");
     assert!(!store.exists(&low.id()).await.unwrap());
     assert!(!store.exists(&high.id()).await.unwrap());
     sqlx::query(&format!("DROP TABLE {weight}"))
         .execute(&other)
         .await
         .unwrap();
+    store.drop_table().await.unwrap();
+}
+
+/// A revoke locks and deletes only its user's rows: it finishes while
+/// another transaction holds a row of another user, the table's lowest,
+/// and leaves that user's sessions. (At REPEATABLE READ the `DELETE`, run as
+/// a full scan on a small table, waited for that row, and two users'
+/// revokes deadlocked on each other's rows.)
+#[tokio::test]
+async fn a_revoke_passes_over_rows_another_transaction_holds() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let mut ids: Vec<_> = (0..12).map(|_| SessionToken::generate().id()).collect();
+    ids.sort_by_key(|id| *id.as_bytes());
+    // Bob's rows are the even ones from the lowest, so a scan from the
+    // start meets one of his first.
+    let sessions: Vec<Session> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut s = Session::new(*id, Duration::from_secs(3600));
+            let user = if i % 2 == 0 { "bob" } else { "ada" };
+            s.set_user(Some(UserBinding::new(user, BTreeMap::new()).unwrap()));
+            s
+        })
+        .collect();
+    for s in &sessions {
+        store.create(s).await.unwrap();
+    }
+    let held = locking(
+        &store,
+        "SELECT id FROM {t} WHERE id = ? FOR UPDATE",
+        &[&sessions[0].id().as_bytes()[..]],
+    )
+    .await;
+    let mut revoked = tokio::time::timeout(Duration::from_secs(3), store.revoke_user("ada", None))
+        .await
+        .expect("the revoke waited for a row of another user")
+        .unwrap();
+    revoked.sort_by_key(|id| *id.as_bytes());
+    let ada: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.user_key() == Some("ada"))
+        .map(Session::id)
+        .collect();
+    assert_eq!(revoked, ada);
+    assert_eq!(ids_of(&store, "bob").await.len(), 6);
+    held.rollback().await.unwrap();
     store.drop_table().await.unwrap();
 }

@@ -582,3 +582,52 @@ async fn revoke_judges_the_rows_a_concurrent_writer_left() {
     assert!(!store.exists(&saved.id()).await.unwrap());
     store.drop_table().await.unwrap();
 }
+
+/// `revoke_user`'s `DELETE`, undone by PostgreSQL to break a deadlock, runs
+/// again rather than failing the revoke, and answers each row once. The
+/// deadlock is made on purpose: another transaction holds the user's second
+/// row while the revoke holds the first, then asks for the first. The
+/// revoke began waiting 300 ms earlier, so its deadlock check
+/// (`deadlock_timeout` after it began to wait) runs first and undoes it.
+#[tokio::test]
+async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    // Created in this order, so any plan meets `first` first: the heap and
+    // the user index's equal keys are both in insertion order.
+    let (first, second) = (bound("ada"), bound("ada"));
+    store.create(&first).await.unwrap();
+    store.create(&second).await.unwrap();
+    let lock = format!("SELECT id FROM {} WHERE id = $1 FOR UPDATE", store.table());
+    let row = |s: &Session| s.id().as_bytes().to_vec();
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(&lock)
+        .bind(row(&second))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let revoking = tokio::spawn({
+        let store = store.clone();
+        async move { store.revoke_user("ada", None).await }
+    });
+    until_blocked(&store).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query(&lock)
+        .bind(row(&first))
+        .fetch_one(&mut *tx)
+        .await
+        .expect("PostgreSQL undid the revoke, which waited first");
+    // The revoke's next try waits for `first` until this commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    let mut revoked = revoking.await.unwrap().expect("the retried DELETE");
+    revoked.sort_by_key(|id| *id.as_bytes());
+    let mut both = [first.id(), second.id()];
+    both.sort_by_key(|id| *id.as_bytes());
+    assert_eq!(revoked, both, "each row answered once");
+    assert!(!store.exists(&first.id()).await.unwrap());
+    assert!(!store.exists(&second.id()).await.unwrap());
+    store.drop_table().await.unwrap();
+}

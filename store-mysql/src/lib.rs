@@ -23,7 +23,7 @@
 //! | `update`, `delete_if`, `touch` | one conditional `UPDATE`/`DELETE`; when `update` or `delete_if` matches nothing, a `SELECT` tells a conflict from a gone record | 1 (2 on a miss) |
 //! | `flush`, `clear` | a clock read (`flush`), then per batch of 1000: `SELECT` ids, `DELETE` them | 2 per batch |
 //! | `sessions_of` | one `SELECT` through the user index | 1 |
-//! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT`; a batch chosen as a deadlock's victim (rolled back whole) runs again, up to 5 times | 1, then 4 per batch |
+//! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT`; each batch at READ COMMITTED, so it locks no gaps, and its `DELETE` finds each row by primary key, so it never waits for another user's rows; a batch chosen as a deadlock's victim runs again, 5 tries in all | 1, then 4 per try of a batch |
 //! | `migrate` | `GET_LOCK`, then each missing step and its record | a few, once |
 //!
 //! **Clock.** Expiry is judged by the database server's clock, in Unix
@@ -86,7 +86,7 @@ use sqlx::mysql::{
     MySqlArguments, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlQueryResult,
 };
 use sqlx::query::Query;
-use sqlx::MySql;
+use sqlx::{Connection, MySql};
 
 pub use session_store_sql::MIGRATIONS_TABLE;
 pub use sqlx;
@@ -163,6 +163,13 @@ const DEADLOCK_ATTEMPTS: u32 = 5;
 /// `n` placeholders, comma-separated.
 fn ids(n: usize) -> String {
     vec!["?"; n].join(", ")
+}
+
+/// A derived table of `n` placeholders, one row each, in the column `id`.
+fn id_rows(n: usize) -> String {
+    let mut rows = vec!["SELECT ?"; n].join(" UNION ALL ");
+    rows.insert_str("SELECT ?".len(), " AS id");
+    rows
 }
 
 /// The statements every SQL store has, in MySQL, on the quoted table `t`.
@@ -273,17 +280,21 @@ impl MysqlDialect {
                 live_at("")
             ),
             revoke_find: format!("SELECT id FROM {t} WHERE user_key = ? AND id <> ?"),
-            // By primary key, so only the listed rows are locked: a locking
-            // read through the user index would also lock the gaps around
-            // the user's entries and hold the user's logins off.
+            // By primary key, so only the listed rows are read and locked,
+            // not the user's sessions created since the list was read.
             revoke_lock: format!(
                 "SELECT id FROM {t} FORCE INDEX (PRIMARY) WHERE user_key = ? AND id IN ({ids})
                  FOR UPDATE",
                 ids = ids(REVOKE_BATCH)
             ),
+            // Driven by the list, each row found by its primary key: as
+            // `WHERE id IN (…)` the planner ran it as a full scan on a small
+            // table (no hint changes that), which waits for every row
+            // another transaction holds, and two users' revokes deadlocked
+            // on each other's rows.
             revoke_delete: format!(
-                "DELETE FROM {t} WHERE id IN ({ids})",
-                ids = ids(REVOKE_BATCH)
+                "DELETE t FROM ({list}) AS l STRAIGHT_JOIN {t} AS t ON t.id = l.id",
+                list = id_rows(REVOKE_BATCH)
             ),
         }
     }
@@ -413,7 +424,8 @@ impl Dialect for MysqlDialect {
     /// Finds the user's rows (a plain read), then per batch, in one
     /// transaction: locks those still bound to the user, by primary key,
     /// and deletes exactly the rows locked. A row rebound or deleted after
-    /// it was found is not locked, so not counted; a locked row cannot
+    /// it was found is not locked (READ COMMITTED lets go of a row that
+    /// does not match), so not counted; a locked row cannot
     /// change before the `DELETE`, so the ids answered are the rows
     /// deleted. A login finishing after the first read is spared.
     async fn revoke_user(
@@ -424,24 +436,27 @@ impl Dialect for MysqlDialect {
     ) -> Result<Vec<Vec<u8>>> {
         let key = user_key.as_bytes();
         let work = async {
+            // One connection for the whole revoke: a pool timeout, which
+            // the store reports as nothing done, can then only come first.
+            let mut conn = self.pool.acquire().await?;
             let found: Vec<Vec<u8>> = sqlx::query_scalar(&self.revoke_find)
                 .bind(key)
                 .bind(except)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?;
             let mut deleted = Vec::with_capacity(found.len());
             for batch in found.chunks(REVOKE_BATCH) {
                 let mut attempt = 1;
                 loop {
-                    match self.revoke_batch(key, batch).await {
+                    match self.revoke_batch(&mut conn, key, batch).await {
                         Ok(locked) => {
                             deleted.extend(locked);
                             break;
                         }
-                        // InnoDB rolled the whole transaction back, so
-                        // nothing of this batch was deleted and running it
-                        // again cannot delete twice; the other transaction
-                        // went on, so the next try meets fewer locks.
+                        // A failed try is never committed (the dropped
+                        // transaction rolls back), so nothing of this batch
+                        // was deleted or counted, and the next try locks and
+                        // judges each row afresh.
                         Err(e) if deadlocked(&e) && attempt < DEADLOCK_ATTEMPTS => {
                             tracing::debug!(
                                 table = %self.table,
@@ -462,11 +477,22 @@ impl Dialect for MysqlDialect {
 }
 
 impl MysqlDialect {
-    /// One batch of `revoke_user`, in one transaction: locks the rows of
-    /// `batch` still bound to the user (`key`), deletes exactly those, and
-    /// answers their ids.
-    async fn revoke_batch(&self, key: &[u8], batch: &[Vec<u8>]) -> sqlx::Result<Vec<Vec<u8>>> {
-        let mut tx = self.pool.begin().await?;
+    /// One batch of `revoke_user`, in one transaction at READ COMMITTED:
+    /// locks the rows of `batch` still bound to the user (`key`), deletes
+    /// exactly those, and answers their ids.
+    async fn revoke_batch(
+        &self,
+        conn: &mut MySqlConnection,
+        key: &[u8],
+        batch: &[Vec<u8>],
+    ) -> sqlx::Result<Vec<Vec<u8>>> {
+        // At READ COMMITTED, which takes no gap locks (at REPEATABLE READ
+        // an id deleted since it was found left the gap around it locked,
+        // holding off logins whose new id fell there) and lets go of a row
+        // locked but no longer bound to the user. One round trip still.
+        let mut tx = conn
+            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
+            .await?;
         let mut lock = sqlx::query_scalar::<_, Vec<u8>>(&self.revoke_lock).bind(key);
         for i in 0..REVOKE_BATCH {
             lock = lock.bind(&batch[i.min(batch.len() - 1)][..]);

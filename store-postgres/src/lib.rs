@@ -15,7 +15,8 @@
 //! store's table, and table names are at most [`MAX_TABLE_NAME_LEN`] bytes
 //! so the index name fits PostgreSQL's 63. Every operation is one statement
 //! (`flush` and `clear`: one a batch): `sessions_of` a `SELECT` through the
-//! user index, `revoke_user` a `DELETE … RETURNING id`.
+//! user index, `revoke_user` a `DELETE … RETURNING id` (run again, up to 5
+//! tries in all, when PostgreSQL undoes it to break a deadlock).
 //!
 //! **Clock.** Expiry is judged by the PostgreSQL server's clock
 //! (`clock_timestamp()`, in Unix milliseconds) in every statement that asks
@@ -72,6 +73,21 @@ pub use session_store_sql::MIGRATIONS_TABLE;
 pub use sqlx;
 
 const STORE: &str = "postgres";
+
+/// PostgreSQL's `deadlock_detected`: the statement was undone to break a
+/// deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
+/// How many times `revoke_user`'s `DELETE` runs before a deadlock is the
+/// caller's error (all within the operation timeout).
+const DEADLOCK_ATTEMPTS: u32 = 5;
+
+/// Whether PostgreSQL undid the statement to break a deadlock.
+fn deadlocked(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == DEADLOCK_DETECTED)
+}
 
 /// The server's clock in Unix milliseconds. An uncorrelated scalar subquery
 /// is evaluated once per statement, so every row of one statement is judged
@@ -388,10 +404,33 @@ impl Dialect for PostgresDialect {
         user_key: &str,
         except: &[u8],
     ) -> Result<Vec<Vec<u8>>> {
-        let query = sqlx::query_scalar(&self.revoke_user)
-            .bind(user_key)
-            .bind(except);
-        store.write_ids("revoke_user", query).await
+        let work = async {
+            let mut conn = store.writer().await?;
+            let mut attempt = 1;
+            loop {
+                let deleted = sqlx::query_scalar(&self.revoke_user)
+                    .bind(user_key)
+                    .bind(except)
+                    .fetch_all(&mut *conn)
+                    .await;
+                match deleted {
+                    // One statement, and PostgreSQL undid all of it: running
+                    // it again cannot delete twice, and it judges each row
+                    // afresh.
+                    Err(e) if deadlocked(&e) && attempt < DEADLOCK_ATTEMPTS => {
+                        tracing::debug!(
+                            table = %store.table(),
+                            attempt,
+                            "revoke_user was a deadlock's victim; running it again"
+                        );
+                        tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                        attempt += 1;
+                    }
+                    deleted => return deleted,
+                }
+            }
+        };
+        store.run("revoke_user", work).await
     }
 }
 
