@@ -54,6 +54,8 @@ pub struct SessionConfig {
     /// A request that changes nothing still moves the expiry forward, but
     /// writes it (`touch`) only once it moved by at least this much
     /// (default 60 s), so read-only traffic does not write on every request.
+    /// Must be below [`idle_timeout`](Self::idle_timeout) (else
+    /// [`Error::Config`](crate::Error::Config)); zero touches on every request.
     pub touch_after: Duration,
     /// HMAC keys for signed cookies: the first signs, all verify (rotation).
     /// A cookie verified by another key than the first is re-issued signed
@@ -154,6 +156,15 @@ impl SessionConfig {
         }
         if self.idle_timeout.is_zero() {
             return Err(Error::Config("idle_timeout must be above zero".into()));
+        }
+        if self.touch_after >= self.idle_timeout {
+            // A read moves the expiry by the time since the last write, which
+            // reaches touch_after only once the session has expired.
+            return Err(Error::Config(format!(
+                "touch_after ({:?}) must be below idle_timeout ({:?}): a session \
+                 only read would otherwise never have its expiry extended",
+                self.touch_after, self.idle_timeout
+            )));
         }
         if self.max_sessions_per_user == Some(0) {
             return Err(Error::Config(

@@ -146,6 +146,30 @@ async fn cookie_options_are_applied_and_checked() {
     }
 }
 
+/// A `touch_after` not below `idle_timeout` would never extend a session
+/// that is only read (the expiry would have to move by more than the whole
+/// timeout), so it is refused, naming both; just below is accepted.
+#[test]
+fn touch_after_must_be_below_idle_timeout() {
+    let with = |touch_after, idle_timeout| SessionConfig {
+        touch_after,
+        idle_timeout,
+        ..SessionConfig::default()
+    };
+    for (touch, idle) in [(60, 60), (60, 30), (3600, 1)] {
+        let config = with(Duration::from_secs(touch), Duration::from_secs(idle));
+        match SessionManager::new(Arc::new(ReferenceStore::new()), config) {
+            Err(Error::Config(reason)) => assert!(
+                reason.contains("touch_after") && reason.contains(&format!("{idle}s")),
+                "{reason}"
+            ),
+            other => panic!("touch_after {touch}s, idle {idle}s: {:?}", other.err()),
+        }
+    }
+    let just_below = with(Duration::from_secs(59), Duration::from_secs(60));
+    assert!(SessionManager::new(Arc::new(ReferenceStore::new()), just_below).is_ok());
+}
+
 #[test]
 fn tokens_never_show_in_debug_output() {
     let token = SessionToken::generate();

@@ -17,6 +17,7 @@ use crate::{jar_from_cookie_headers, SessionConfig};
 pub async fn manager_save_after_expiry_commits_nothing(ctx: Ctx) -> CaseResult {
     let config = SessionConfig {
         idle_timeout: Duration::from_millis(300),
+        touch_after: Duration::ZERO,
         ..dev_config()
     };
     let m = manager(&ctx, config)?;
