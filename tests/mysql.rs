@@ -762,9 +762,9 @@ async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
 
 /// A revoke locks and deletes only its user's rows: it finishes while
 /// another transaction holds a row of another user, the table's lowest,
-/// and leaves that user's sessions. (At REPEATABLE READ the `DELETE`, run as
-/// a full scan on a small table, waited for that row, and two users'
-/// revokes deadlocked on each other's rows.)
+/// and leaves that user's sessions. (A `DELETE … WHERE id IN (…)`, which
+/// the planner ran as a full scan on a small table, waited for that row,
+/// and two users' revokes deadlocked on each other's rows.)
 #[tokio::test]
 async fn a_revoke_passes_over_rows_another_transaction_holds() {
     let Some(store) = fresh_store().await else {
@@ -807,4 +807,70 @@ async fn a_revoke_passes_over_rows_another_transaction_holds() {
     assert_eq!(ids_of(&store, "bob").await.len(), 6);
     held.rollback().await.unwrap();
     store.drop_table().await.unwrap();
+}
+
+/// A revoke given up on at any point (its timeout, or its caller, dropped
+/// it: here after 1, 2, … polls, each stage's reply given time to arrive)
+/// leaves no pooled connection inside a transaction, and the pool keeps
+/// working: a session created next is committed, seen from another
+/// connection.
+#[tokio::test]
+async fn a_revoke_dropped_at_any_point_leaves_the_pool_clean() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let other = sqlx::MySqlPool::connect(&common::mysql_url())
+        .await
+        .unwrap();
+    for polls in 1..=12 {
+        let config = MysqlConfig {
+            pool_size: 1,
+            ..common::mysql::config(common::unique("t_"))
+        };
+        let Some(store) = common::mysql::store(config).await else {
+            return;
+        };
+        // Every statement prepared once on the one connection.
+        store.create(&bound("warm")).await.unwrap();
+        store.revoke_user("warm", None).await.unwrap();
+        store.create(&bound("ada")).await.unwrap();
+        store.create(&bound("ada")).await.unwrap();
+        let finished = {
+            let mut revoke = std::pin::pin!(store.revoke_user("ada", None));
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut finished = false;
+            for _ in 0..polls {
+                if let Poll::Ready(revoked) = revoke.as_mut().poll(&mut cx) {
+                    assert_eq!(revoked.unwrap().len(), 2);
+                    finished = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            finished
+        };
+        let in_transaction: i64 = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query_scalar("SELECT CAST(@@in_transaction AS SIGNED)").fetch_one(store.pool()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("after {polls} polls, the pool gave no connection"))
+        .unwrap();
+        assert_eq!(in_transaction, 0, "after {polls} polls");
+        let s = bound("bob");
+        store.create(&s).await.unwrap();
+        let seen: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM `{}` WHERE id = ?",
+            store.table()
+        ))
+        .bind(&s.id().as_bytes()[..])
+        .fetch_one(&other)
+        .await
+        .unwrap();
+        assert_eq!(seen, 1, "after {polls} polls, a create was not committed");
+        store.drop_table().await.unwrap();
+        if finished {
+            return;
+        }
+    }
+    panic!("the revoke never finished within 12 polls");
 }

@@ -586,9 +586,10 @@ async fn revoke_judges_the_rows_a_concurrent_writer_left() {
 /// `revoke_user`'s `DELETE`, undone by PostgreSQL to break a deadlock, runs
 /// again rather than failing the revoke, and answers each row once. The
 /// deadlock is made on purpose: another transaction holds the user's second
-/// row while the revoke holds the first, then asks for the first. The
-/// revoke began waiting 300 ms earlier, so its deadlock check
-/// (`deadlock_timeout` after it began to wait) runs first and undoes it.
+/// row while the revoke holds the first, then asks for the first. That
+/// transaction checks for deadlocks only after a minute, so the revoke's
+/// own check (`deadlock_timeout` after it began to wait) finds the cycle
+/// and undoes the revoke.
 #[tokio::test]
 async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
     let Some(store) = fresh_store().await else {
@@ -603,6 +604,10 @@ async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
     let lock = format!("SELECT id FROM {} WHERE id = $1 FOR UPDATE", store.table());
     let row = |s: &Session| s.id().as_bytes().to_vec();
     let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '1min'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query(&lock)
         .bind(row(&second))
         .fetch_one(&mut *tx)
@@ -613,7 +618,6 @@ async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
         async move { store.revoke_user("ada", None).await }
     });
     until_blocked(&store).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     sqlx::query(&lock)
         .bind(row(&first))
         .fetch_one(&mut *tx)

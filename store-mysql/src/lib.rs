@@ -23,7 +23,7 @@
 //! | `update`, `delete_if`, `touch` | one conditional `UPDATE`/`DELETE`; when `update` or `delete_if` matches nothing, a `SELECT` tells a conflict from a gone record | 1 (2 on a miss) |
 //! | `flush`, `clear` | a clock read (`flush`), then per batch of 1000: `SELECT` ids, `DELETE` them | 2 per batch |
 //! | `sessions_of` | one `SELECT` through the user index | 1 |
-//! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT`; each batch at READ COMMITTED, so it locks no gaps, and its `DELETE` finds each row by primary key, so it never waits for another user's rows; a batch chosen as a deadlock's victim runs again, 5 tries in all | 1, then 4 per try of a batch |
+//! | `revoke_user` | `SELECT` the user's ids, then per batch of 100 a transaction: lock them by primary key (`FOR UPDATE`), `DELETE` those locked, `COMMIT`; the `DELETE` finds each row by primary key, so it never waits for another user's rows; a batch chosen as a deadlock's victim runs again, 5 tries in all | 1, then 4 per try of a batch |
 //! | `migrate` | `GET_LOCK`, then each missing step and its record | a few, once |
 //!
 //! **Clock.** Expiry is judged by the database server's clock, in Unix
@@ -85,6 +85,7 @@ use session_store_sql::{
 use sqlx::mysql::{
     MySqlArguments, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlQueryResult,
 };
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Connection, MySql};
 
@@ -166,9 +167,12 @@ fn ids(n: usize) -> String {
 }
 
 /// A derived table of `n` placeholders, one row each, in the column `id`.
+/// Each is cast to the id's type: MySQL 8 types a bare `?` in a select list
+/// as text in the connection's character set, which 32 random bytes are not.
 fn id_rows(n: usize) -> String {
-    let mut rows = vec!["SELECT ?"; n].join(" UNION ALL ");
-    rows.insert_str("SELECT ?".len(), " AS id");
+    let row = "SELECT CAST(? AS BINARY(32))";
+    let mut rows = vec![row; n].join(" UNION ALL ");
+    rows.insert_str(row.len(), " AS id");
     rows
 }
 
@@ -424,8 +428,7 @@ impl Dialect for MysqlDialect {
     /// Finds the user's rows (a plain read), then per batch, in one
     /// transaction: locks those still bound to the user, by primary key,
     /// and deletes exactly the rows locked. A row rebound or deleted after
-    /// it was found is not locked (READ COMMITTED lets go of a row that
-    /// does not match), so not counted; a locked row cannot
+    /// it was found is not counted (nor deleted); a locked row cannot
     /// change before the `DELETE`, so the ids answered are the rows
     /// deleted. A login finishing after the first read is spared.
     async fn revoke_user(
@@ -438,17 +441,17 @@ impl Dialect for MysqlDialect {
         let work = async {
             // One connection for the whole revoke: a pool timeout, which
             // the store reports as nothing done, can then only come first.
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = ClosedUnlessReleased(Some(self.pool.acquire().await?));
             let found: Vec<Vec<u8>> = sqlx::query_scalar(&self.revoke_find)
                 .bind(key)
                 .bind(except)
-                .fetch_all(&mut *conn)
+                .fetch_all(conn.connection())
                 .await?;
             let mut deleted = Vec::with_capacity(found.len());
             for batch in found.chunks(REVOKE_BATCH) {
                 let mut attempt = 1;
                 loop {
-                    match self.revoke_batch(&mut conn, key, batch).await {
+                    match self.revoke_batch(conn.connection(), key, batch).await {
                         Ok(locked) => {
                             deleted.extend(locked);
                             break;
@@ -470,6 +473,7 @@ impl Dialect for MysqlDialect {
                     }
                 }
             }
+            conn.release();
             Ok(deleted)
         };
         store.run("revoke_user", work).await
@@ -477,22 +481,16 @@ impl Dialect for MysqlDialect {
 }
 
 impl MysqlDialect {
-    /// One batch of `revoke_user`, in one transaction at READ COMMITTED:
-    /// locks the rows of `batch` still bound to the user (`key`), deletes
-    /// exactly those, and answers their ids.
+    /// One batch of `revoke_user`, in one transaction: locks the rows of
+    /// `batch` still bound to the user (`key`), deletes exactly those, and
+    /// answers their ids.
     async fn revoke_batch(
         &self,
         conn: &mut MySqlConnection,
         key: &[u8],
         batch: &[Vec<u8>],
     ) -> sqlx::Result<Vec<Vec<u8>>> {
-        // At READ COMMITTED, which takes no gap locks (at REPEATABLE READ
-        // an id deleted since it was found left the gap around it locked,
-        // holding off logins whose new id fell there) and lets go of a row
-        // locked but no longer bound to the user. One round trip still.
-        let mut tx = conn
-            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
-            .await?;
+        let mut tx = conn.begin().await?;
         let mut lock = sqlx::query_scalar::<_, Vec<u8>>(&self.revoke_lock).bind(key);
         for i in 0..REVOKE_BATCH {
             lock = lock.bind(&batch[i.min(batch.len() - 1)][..]);
@@ -503,10 +501,46 @@ impl MysqlDialect {
             for i in 0..REVOKE_BATCH {
                 delete = delete.bind(&locked[i.min(last)][..]);
             }
-            delete.execute(&mut *tx).await?;
+            let deleted = delete.execute(&mut *tx).await?.rows_affected();
+            // Locked rows cannot go away; a shortfall means the statement
+            // did not match the ids as bound, and answering them as revoked
+            // would leave live sessions behind. Dropped, `tx` rolls back.
+            if deleted != locked.len() as u64 {
+                return Err(sqlx::Error::Protocol(format!(
+                    "revoke_user deleted {deleted} of the {} rows it locked",
+                    locked.len()
+                )));
+            }
         }
         tx.commit().await?;
         Ok(locked)
+    }
+}
+
+/// A pooled connection that goes back to the pool only through
+/// [`release`](Self::release); dropped before that (the operation's
+/// timeout, or its caller, gave up on it) it is closed instead. Cut short
+/// between `BEGIN` and the reply, or in the middle of a statement, sqlx
+/// would otherwise return it inside a transaction it does not know of,
+/// where the next operations' writes would be acknowledged and never
+/// committed.
+struct ClosedUnlessReleased(Option<PoolConnection<MySql>>);
+
+impl ClosedUnlessReleased {
+    fn connection(&mut self) -> &mut MySqlConnection {
+        self.0.as_deref_mut().expect("held until released")
+    }
+
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for ClosedUnlessReleased {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            conn.close_on_drop();
+        }
     }
 }
 
