@@ -284,8 +284,10 @@ impl MysqlDialect {
                 live_at("")
             ),
             revoke_find: format!("SELECT id FROM {t} WHERE user_key = ? AND id <> ?"),
-            // By primary key, so only the listed rows are read and locked,
-            // not the user's sessions created since the list was read.
+            // By primary key, so only the listed ids are read and locked
+            // (not the user's sessions created since the list was read); a
+            // listed row rebound since stays locked, uncounted, until
+            // `COMMIT`.
             revoke_lock: format!(
                 "SELECT id FROM {t} FORCE INDEX (PRIMARY) WHERE user_key = ? AND id IN ({ids})
                  FOR UPDATE",
