@@ -89,7 +89,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Connection, MySql};
 
-pub use session_store_sql::MIGRATIONS_TABLE;
+pub use session_store_sql::{MIGRATIONS_TABLE, PING_AFTER_IDLE};
 pub use sqlx;
 
 const STORE: &str = "mysql";
@@ -304,32 +304,6 @@ impl MysqlDialect {
             ),
         }
     }
-
-    /// Runs `write`, which applies only to the live row `id` at the
-    /// expected version, as one statement (one round trip). When it
-    /// matched nothing, a second read tells a live row at another version
-    /// (a conflict) from none: whatever happened between the two is a
-    /// write that came after this one's miss.
-    async fn write_or_judge(
-        &self,
-        store: &SqlStore<Self>,
-        what: &str,
-        id: &[u8],
-        write: Query<'_, MySql, MySqlArguments>,
-    ) -> Result<Judged> {
-        let work = async {
-            let mut conn = store.writer().await?;
-            if write.execute(&mut *conn).await?.rows_affected() == 1 {
-                return Ok(Judged::DONE);
-            }
-            let live: Option<i64> = sqlx::query_scalar(&self.live)
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            Ok(Judged::missed(live == Some(1)))
-        };
-        store.run(what, work).await
-    }
 }
 
 /// The key of `table` in [`MIGRATIONS_TABLE`]: the name as the server
@@ -409,7 +383,9 @@ impl Dialect for MysqlDialect {
             .bind(update.user_key.map(str::as_bytes))
             .bind(update.id)
             .bind(update.expected);
-        self.write_or_judge(store, "update", update.id, write).await
+        store
+            .write_or_judge("update", update.id, write, &self.live)
+            .await
     }
 
     async fn delete_if(
@@ -419,7 +395,9 @@ impl Dialect for MysqlDialect {
         expected: Option<i64>,
     ) -> Result<Judged> {
         let write = sqlx::query(&self.delete_if).bind(id).bind(expected);
-        self.write_or_judge(store, "delete_if", id, write).await
+        store
+            .write_or_judge("delete_if", id, write, &self.live)
+            .await
     }
 
     async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool> {

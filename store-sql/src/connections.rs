@@ -1,10 +1,43 @@
 //! Where a store's statements run.
 
 use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Database, Pool};
+use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::{Connection as _, Database, Pool};
 use tokio::sync::{Mutex, MutexGuard};
+
+/// A connection back in the pool for less than this is handed out again
+/// without a round trip to check it (HikariCP's `aliveBypassWindowMs`
+/// makes the same trade, with 500 ms).
+///
+/// sqlx checks every connection it takes from the pool by default, which
+/// is one more round trip for every statement of a store, and the only
+/// connections it catches are those the server or the network dropped
+/// while they sat unused. Under load a connection sits for microseconds;
+/// one that sat longer than this is checked as before. A connection that
+/// broke within the window fails its next statement, with an error
+/// ([`Error::Backend`](session_store::Error::Backend), or `Unavailable`
+/// when nothing was sent), and sqlx closes it rather than pool it again.
+pub const PING_AFTER_IDLE: Duration = Duration::from_millis(500);
+
+/// The pool options every SQL store uses: at most `size` connections
+/// (at least one), waiting at most `acquire_timeout` for one, and checking
+/// a connection before use only once it sat idle for [`PING_AFTER_IDLE`].
+pub fn pool_options<DB: Database>(size: u32, acquire_timeout: Duration) -> PoolOptions<DB> {
+    PoolOptions::<DB>::new()
+        .max_connections(size.max(1))
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
 
 /// The connections a store runs its statements on.
 pub enum Connections<DB: Database> {

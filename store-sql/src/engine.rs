@@ -12,7 +12,7 @@ use session_store::{
 use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use crate::{Batches, Clock, Connection, Connections, Dialect, Statements, Update};
+use crate::{Batches, Clock, Connection, Connections, Dialect, Judged, Statements, Update};
 use crate::{DELETE_BATCH, INDEX_SUFFIX, USER_INDEX_SUFFIX};
 
 /// The least time a migration may take, its wait for the lock included.
@@ -65,9 +65,7 @@ pub fn lazy_pool<DB: Database>(
     size: u32,
     connect_timeout: Duration,
 ) -> Result<Pool<DB>> {
-    sqlx::pool::PoolOptions::<DB>::new()
-        .max_connections(size.max(1))
-        .acquire_timeout(connect_timeout)
+    crate::pool_options::<DB>(size, connect_timeout)
         .connect_lazy(url)
         .map_err(|e| Error::Config(format!("{store} url {}: {e}", redact_url(url))))
 }
@@ -312,6 +310,33 @@ where
         let work = async {
             let mut conn = self.writer().await?;
             query.fetch_one(&mut *conn).await
+        };
+        self.run(what, work).await
+    }
+
+    /// Runs `write`, a compare-and-set `what` that applies only to the live
+    /// row `id` at the expected version, as one statement (one round trip).
+    /// When it matched nothing, `live` (answering `1` for a live row, `0`
+    /// for an expired one, no row for none) tells a live row at another
+    /// version (a conflict) from none, on the same connection: whatever
+    /// happened between the two is a write that came after this one's miss.
+    pub async fn write_or_judge<'q>(
+        &self,
+        what: &str,
+        id: &'q [u8],
+        write: Query<'q, D::Db, Args<'q, D::Db>>,
+        live: &'q str,
+    ) -> Result<Judged> {
+        let work = async {
+            let mut conn = self.writer().await?;
+            if D::rows_affected(&write.execute(&mut *conn).await?) == 1 {
+                return Ok(Judged::DONE);
+            }
+            let live: Option<i64> = sqlx::query_scalar(live)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(Judged::missed(live == Some(1)))
         };
         self.run(what, work).await
     }

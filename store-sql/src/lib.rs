@@ -35,7 +35,7 @@
 //! | --- | --- | --- | --- |
 //! | connections ([`Connections`]) | one writer behind a lock, beside a reader pool | a pool | a pool |
 //! | clock for reads and the `flush` cutoff ([`Clock`]) | the app's (the database is a local file) | the server's | the server's |
-//! | `update`, `delete_if`, `touch` | the write, under SQLite's write lock, reads `'now'` itself; a miss is explained by a second look under the same lock | one statement: a CTE locks the row, a level above judges it by `clock_timestamp()` | one `UPDATE`/`DELETE` whose `WHERE` reads `SYSDATE(3)` once InnoDB holds the row; a miss is explained by a second read |
+//! | `update`, `delete_if`, `touch` | the write, under SQLite's write lock, reads `'now'` itself; a miss is explained by a second look under the same lock | one statement: a CTE locks the row, a level above judges it by `clock_timestamp()`, and the write runs only if that judgement passed; a miss is explained by a second read | one `UPDATE`/`DELETE` whose `WHERE` reads `SYSDATE(3)` once InnoDB holds the row; a miss is explained by a second read |
 //! | a `flush`/`clear` batch ([`Batches`]) | one `DELETE`, holding the write lock throughout | one statement answering rows found and deleted | `SELECT` the ids, then `DELETE` them |
 //! | `revoke_user` | one `DELETE … RETURNING id`, under the write lock | one `DELETE … RETURNING id` | `SELECT` the ids, then a transaction per batch: lock them (`FOR UPDATE`, by primary key), `DELETE` those locked |
 //! | `user_key` column | `TEXT` (binary collation), partial index | `text COLLATE "C"`, partial index | `VARBINARY(256)`, index |
@@ -51,7 +51,7 @@ mod connections;
 mod dialect;
 mod engine;
 
-pub use connections::{Connection, Connections};
+pub use connections::{pool_options, Connection, Connections, PING_AFTER_IDLE};
 pub use dialect::{
     Batches, Clock, Dialect, Judged, LegacyLayout, MigrationStatements, Migrations, Statements,
     Update,

@@ -63,14 +63,14 @@ use async_trait::async_trait;
 use session_store::backend::timed;
 use session_store::{Error, Result};
 use session_store_sql::{
-    check_table_name, session_interface, Batches, Clock, Connections, Dialect, Judged,
-    LegacyLayout, MigrationStatements, Migrations, Setup, SqlStore, Statements, Update,
+    check_table_name, pool_options, session_interface, Batches, Clock, Connections, Dialect,
+    Judged, LegacyLayout, MigrationStatements, Migrations, Setup, SqlStore, Statements, Update,
     DELETE_BATCH,
 };
 use sqlx::query::Query;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
-    SqliteQueryResult, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteQueryResult,
+    SqliteSynchronous,
 };
 use sqlx::ConnectOptions as _;
 use sqlx::Sqlite;
@@ -445,9 +445,7 @@ impl SqliteStore {
             None
         } else {
             let pool = open_retrying(busy, || {
-                SqlitePoolOptions::new()
-                    .max_connections(config.readers)
-                    .acquire_timeout(config.operation_timeout)
+                pool_options::<Sqlite>(config.readers, config.operation_timeout)
                     .connect_with(options.clone())
             });
             Some(timed(STORE, config.operation_timeout, context, pool).await?)
