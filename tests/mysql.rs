@@ -926,3 +926,55 @@ async fn a_connection_the_server_closed_is_replaced() {
     }
     store.drop_table().await.unwrap();
 }
+
+/// A miss is explained by a second read, a later statement: a record
+/// deleted while an update waited for its row, then created again under
+/// the same id at the same version before that read, was at version 1 or
+/// absent at every instant. The update answers Gone, not Conflict, which
+/// would send the caller to re-read the new record and write its changes
+/// onto it. A proxy holds the second read until the create committed.
+#[tokio::test]
+async fn a_record_deleted_and_created_again_before_the_miss_is_explained_is_gone() {
+    use common::proxy::{Mode, Proxy};
+    let direct = common::mysql::config(common::unique("t_"));
+    let Some(direct) = common::mysql::store(direct).await else {
+        return;
+    };
+    let upstream = common::mysql_url()
+        .trim_start_matches("mysql://")
+        .split(['@', '/'])
+        .nth(1)
+        .and_then(|host| host.parse().ok())
+        .expect("MYSQL_URL names an ip:port");
+    let proxy = Proxy::start(upstream).await;
+    let through = format!("mysql://root@{}/test", proxy.addr);
+    let proxied = MysqlStore::connect_with(MysqlConfig {
+        url: through,
+        pool_size: 1,
+        ..common::mysql::config(direct.table().to_owned())
+    })
+    .await
+    .unwrap();
+    let proxied = Arc::new(proxied);
+    let s = Session::new(SessionToken::generate().id(), Duration::from_secs(600));
+    direct.create(&s).await.unwrap();
+    let id = s.id().as_bytes().to_vec();
+    let tx = locking(&direct, "DELETE FROM {t} WHERE id = ?", &[&id]).await;
+    let waiting = tokio::spawn({
+        let (store, s) = (proxied.clone(), s.clone());
+        async move { store.update(&s, 1).await }
+    });
+    until_blocked(&direct).await;
+    // The second read's text goes out when the fresh connection prepares it.
+    let fired = proxy.switch().arm(b"version <=> ?".to_vec(), Mode::Stall);
+    tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), fired)
+        .await
+        .expect("the second read went out")
+        .unwrap();
+    direct.create(&s).await.unwrap();
+    proxy.set(Mode::Pass);
+    let outcome = waiting.await.unwrap().unwrap();
+    direct.drop_table().await.unwrap();
+    assert_eq!(outcome, UpdateOutcome::Gone);
+}

@@ -246,7 +246,9 @@ fn statements(t: &str) -> Statements {
 struct MysqlDialect {
     pool: MySqlPool,
     table: String,
-    live: String,
+    /// Whether the record is live at a version other than the one bound
+    /// first (a conflict), as `1` or `0` (no row: gone).
+    conflict: String,
     update: String,
     delete_if: String,
     touch: String,
@@ -266,7 +268,12 @@ impl MysqlDialect {
         MysqlDialect {
             pool,
             table: table.to_owned(),
-            live: format!("SELECT CAST(expires_at > {CLOCK} AS SIGNED) FROM {t} WHERE id = ?"),
+            // `<=>` is equality that NULL takes part in: no expected version
+            // (NULL) differs from every stored one.
+            conflict: format!(
+                "SELECT CAST(NOT (version <=> ?) AND expires_at > {CLOCK} AS SIGNED)
+                 FROM {t} WHERE id = ?"
+            ),
             // InnoDB leaves a secondary index alone when its column keeps
             // its value, so a save that keeps the binding does not touch the
             // user index.
@@ -383,9 +390,10 @@ impl Dialect for MysqlDialect {
             .bind(update.user_key.map(str::as_bytes))
             .bind(update.id)
             .bind(update.expected);
-        store
-            .write_or_judge("update", update.id, write, &self.live)
-            .await
+        let judge = sqlx::query(&self.conflict)
+            .bind(update.expected)
+            .bind(update.id);
+        store.write_or_judge("update", write, judge).await
     }
 
     async fn delete_if(
@@ -395,9 +403,8 @@ impl Dialect for MysqlDialect {
         expected: Option<i64>,
     ) -> Result<Judged> {
         let write = sqlx::query(&self.delete_if).bind(id).bind(expected);
-        store
-            .write_or_judge("delete_if", id, write, &self.live)
-            .await
+        let judge = sqlx::query(&self.conflict).bind(expected).bind(id);
+        store.write_or_judge("delete_if", write, judge).await
     }
 
     async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool> {

@@ -255,8 +255,9 @@ struct PostgresDialect {
     /// The table name as PostgreSQL stores it (unquoted names fold to lower
     /// case): the key of this table's rows in [`MIGRATIONS_TABLE`].
     key: String,
-    /// Whether the record `$1` is live, as `1` or `0` (no row: gone).
-    live: String,
+    /// Whether the record `$1` is live at a version other than `$2` (a
+    /// conflict), as `1` or `0` (no row: gone).
+    conflict: String,
     update: String,
     delete_if: String,
     touch: String,
@@ -282,7 +283,8 @@ impl PostgresDialect {
         // than joining the write to the judgement (one plan node instead of
         // a join and two more CTE scans). A write that does not apply
         // changes no row; `write_or_judge` then reads whether the record is
-        // live, which a miss alone cannot tell (a conflict, or gone).
+        // live at another version, which a miss alone cannot tell (a
+        // conflict, or gone).
         let judged = format!(
             "WITH judged AS MATERIALIZED (
                  SELECT version, expires_at > {CLOCK} AS live FROM (
@@ -294,7 +296,12 @@ impl PostgresDialect {
             pool,
             schema: schema.map(str::to_owned),
             key: table.to_ascii_lowercase(),
-            live: format!("SELECT (expires_at > {CLOCK})::int::bigint FROM {t} WHERE id = $1"),
+            // `IS DISTINCT FROM`: no expected version (NULL) differs from
+            // every stored one.
+            conflict: format!(
+                "SELECT (expires_at > {CLOCK} AND version IS DISTINCT FROM $2)::int::bigint
+                 FROM {t} WHERE id = $1"
+            ),
             update: format!(
                 "{judged}
                  UPDATE {t} AS s SET record = $2, expires_at = GREATEST(s.expires_at, $3),
@@ -386,9 +393,10 @@ impl Dialect for PostgresDialect {
             .bind(update.version)
             .bind(update.expected)
             .bind(update.user_key);
-        store
-            .write_or_judge("update", update.id, write, &self.live)
-            .await
+        let judge = sqlx::query(&self.conflict)
+            .bind(update.id)
+            .bind(update.expected);
+        store.write_or_judge("update", write, judge).await
     }
 
     async fn delete_if(
@@ -399,9 +407,8 @@ impl Dialect for PostgresDialect {
     ) -> Result<Judged> {
         // `None` binds as NULL, which equals nothing.
         let write = sqlx::query(&self.delete_if).bind(id).bind(expected);
-        store
-            .write_or_judge("delete_if", id, write, &self.live)
-            .await
+        let judge = sqlx::query(&self.conflict).bind(id).bind(expected);
+        store.write_or_judge("delete_if", write, judge).await
     }
 
     async fn touch(&self, store: &SqlStore<Self>, id: &[u8], expires_at: i64) -> Result<bool> {

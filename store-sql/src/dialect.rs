@@ -172,7 +172,10 @@ pub struct Update<'a> {
 /// (by the clock read once its lock was held) and whether the write applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Judged {
-    /// The record was there and live.
+    /// The record was there and live. For a write that did not apply:
+    /// live at a version other than the expected one (a conflict); a record
+    /// found at the expected version only after the write missed was
+    /// stored again in between, and counts as gone.
     pub live: bool,
     /// The write applied.
     pub done: bool,

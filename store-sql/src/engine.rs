@@ -314,29 +314,36 @@ where
         self.run(what, work).await
     }
 
-    /// Runs `write`, a compare-and-set `what` that applies only to the live
-    /// row `id` at the expected version, as one statement (one round trip).
-    /// When it matched nothing, `live` (answering `1` for a live row, `0`
-    /// for an expired one, no row for none) tells a live row at another
-    /// version (a conflict) from none, on the same connection: whatever
-    /// happened between the two is a write that came after this one's miss.
+    /// Runs `write`, a compare-and-set `what` that applies only to a live
+    /// row at the expected version, as one statement (one round trip).
+    /// When it matched nothing, `judge` tells why, on the same connection:
+    /// it answers `1` when the row is live at a version other than the
+    /// expected one (a conflict), and `0` or no row otherwise (gone).
+    ///
+    /// Whatever happened between the two statements is a write that came
+    /// after this one's miss. A row found live at the expected version
+    /// after a miss was deleted and stored again under the same id in
+    /// between (or replaced while the write waited): the record the caller
+    /// knew is gone, and answering a conflict would have the caller re-read
+    /// the new record at the version it expects and write its changes onto
+    /// it.
     pub async fn write_or_judge<'q>(
         &self,
         what: &str,
-        id: &'q [u8],
         write: Query<'q, D::Db, Args<'q, D::Db>>,
-        live: &'q str,
+        judge: Query<'q, D::Db, Args<'q, D::Db>>,
     ) -> Result<Judged> {
         let work = async {
             let mut conn = self.writer().await?;
             if D::rows_affected(&write.execute(&mut *conn).await?) == 1 {
                 return Ok(Judged::DONE);
             }
-            let live: Option<i64> = sqlx::query_scalar(live)
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            Ok(Judged::missed(live == Some(1)))
+            let row = judge.fetch_optional(&mut *conn).await?;
+            let conflict = match row {
+                Some(row) => row.try_get::<i64, _>(0)? == 1,
+                None => false,
+            };
+            Ok(Judged::missed(conflict))
         };
         self.run(what, work).await
     }
