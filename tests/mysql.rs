@@ -876,11 +876,8 @@ async fn a_revoke_dropped_at_any_point_leaves_the_pool_clean() {
     panic!("the revoke never finished within 40 polls");
 }
 
-/// A pooled connection the server closed while it sat unused: once it sat
-/// for `PING_AFTER_IDLE`, the pool checks it, finds it dead and opens
-/// another, and the caller never sees it. Sooner than that it is handed out
-/// unchecked (no round trip per statement); then its statement fails, it
-/// is not pooled again, and the next operation succeeds.
+/// A pooled connection the server closed while it sat unused is replaced
+/// (see `common::a_closed_connection_is_replaced`).
 #[tokio::test]
 async fn a_connection_the_server_closed_is_replaced() {
     let config = MysqlConfig {
@@ -890,40 +887,32 @@ async fn a_connection_the_server_closed_is_replaced() {
     let Some(store) = common::mysql::store(config).await else {
         return;
     };
-    let s = Session::new(SessionToken::generate().id(), Duration::from_secs(600));
-    store.create(&s).await.unwrap();
-    let mut admin = <sqlx::MySqlConnection as sqlx::Connection>::connect(&common::mysql_url())
-        .await
-        .unwrap();
-    for waited in [
-        server_session::mysql::PING_AFTER_IDLE + Duration::from_millis(200),
-        Duration::ZERO,
-    ] {
-        // The pool has one connection: this is the one the store uses.
-        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        // sqlx checks a connection as it goes back to the pool (in a task
-        // of its own): kill it only once it is back, idle.
-        while store.pool().num_idle() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    let pool = store.pool().clone();
+    let kill = || {
+        let pool = pool.clone();
+        async move {
+            // The pool has one connection: this is the one the store uses.
+            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            // sqlx checks a connection as it goes back to the pool (in a
+            // task of its own): kill it only once it is back, idle.
+            while pool.num_idle() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let url = common::mysql_url();
+            let mut admin = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            sqlx::query(&format!("KILL CONNECTION {id}"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
         }
-        sqlx::query(&format!("KILL CONNECTION {id}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        tokio::time::sleep(waited).await;
-        let first = store.get(&s.id()).await;
-        if waited > Duration::ZERO {
-            let found = first.expect("the dead connection was checked and replaced");
-            assert_eq!(found.map(|found| found.id()), Some(s.id()));
-        } else if let Err(e) = first {
-            assert!(matches!(e, Error::Backend { .. }), "{e:?}");
-        }
-        let next = store.get(&s.id()).await.expect("a new connection");
-        assert_eq!(next.map(|found| found.id()), Some(s.id()));
-    }
+    };
+    let ping_after_idle = server_session::mysql::PING_AFTER_IDLE;
+    common::a_closed_connection_is_replaced(&store, ping_after_idle, kill).await;
     store.drop_table().await.unwrap();
 }
 

@@ -636,11 +636,8 @@ async fn a_revoke_chosen_as_a_deadlock_victim_runs_again() {
     store.drop_table().await.unwrap();
 }
 
-/// A pooled connection the server closed while it sat unused: once it sat
-/// for `PING_AFTER_IDLE`, the pool checks it, finds it dead and opens
-/// another, and the caller never sees it. Sooner than that it is handed out
-/// unchecked (no round trip per statement); then its statement fails, it
-/// is not pooled again, and the next operation succeeds.
+/// A pooled connection the server closed while it sat unused is replaced
+/// (see `common::a_closed_connection_is_replaced`).
 #[tokio::test]
 async fn a_connection_the_server_closed_is_replaced() {
     let url = common::database_url();
@@ -655,41 +652,32 @@ async fn a_connection_the_server_closed_is_replaced() {
         Err(e) => return common::unreachable("postgres", &url, e),
     };
     store.migrate().await.expect("migrate");
-    let s = Session::new(SessionToken::generate().id(), Duration::from_secs(600));
-    store.create(&s).await.unwrap();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    for waited in [
-        server_session::postgres::PING_AFTER_IDLE + Duration::from_millis(200),
-        Duration::ZERO,
-    ] {
-        // The pool has one connection: this is the one the store uses.
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        // sqlx checks a connection as it goes back to the pool (in a task
-        // of its own): kill it only once it is back, idle.
-        while store.pool().num_idle() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    let pool = store.pool().clone();
+    let kill = || {
+        let (pool, url) = (pool.clone(), url.clone());
+        async move {
+            // The pool has one connection: this is the one the store uses.
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            // sqlx checks a connection as it goes back to the pool (in a
+            // task of its own): kill it only once it is back, idle.
+            while pool.num_idle() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            assert!(killed, "backend {pid} terminated");
         }
-        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
-            .bind(pid)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-        assert!(killed, "backend {pid} terminated");
-        tokio::time::sleep(waited).await;
-        let first = store.get(&s.id()).await;
-        if waited > Duration::ZERO {
-            let found = first.expect("the dead connection was checked and replaced");
-            assert_eq!(found.map(|found| found.id()), Some(s.id()));
-        } else if let Err(e) = first {
-            assert!(matches!(e, Error::Backend { .. }), "{e:?}");
-        }
-        let next = store.get(&s.id()).await.expect("a new connection");
-        assert_eq!(next.map(|found| found.id()), Some(s.id()));
-    }
+    };
+    let ping_after_idle = server_session::postgres::PING_AFTER_IDLE;
+    common::a_closed_connection_is_replaced(&store, ping_after_idle, kill).await;
     store.drop_table().await.unwrap();
 }

@@ -79,8 +79,9 @@ use async_trait::async_trait;
 use session_store::backend::redact_url;
 use session_store::{BoxError, Result};
 use session_store_sql::{
-    check_table_name, lazy_pool, session_interface, Batches, Clock, Connections, Dialect, Judged,
-    MigrationStatements, Migrations, Setup, SqlStore, Statements, Update, DELETE_BATCH,
+    check_table_name, lazy_pool, session_interface, Batches, Clock, Connections, DeadlockRetry,
+    Dialect, Judged, MigrationStatements, Migrations, Setup, SqlStore, Statements, Update,
+    DELETE_BATCH,
 };
 use sqlx::mysql::{
     MySqlArguments, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlQueryResult,
@@ -157,9 +158,6 @@ const REVOKE_BATCH: usize = 100;
 /// MySQL's `ER_LOCK_DEADLOCK`: InnoDB rolled the transaction back to break
 /// a deadlock.
 const LOCK_DEADLOCK: u16 = 1213;
-/// How many times one batch of `revoke_user` runs before a deadlock is the
-/// caller's error (all within the operation timeout).
-const DEADLOCK_ATTEMPTS: u32 = 5;
 
 /// `n` placeholders, comma-separated.
 fn ids(n: usize) -> String {
@@ -436,7 +434,7 @@ impl Dialect for MysqlDialect {
                 .await?;
             let mut deleted = Vec::with_capacity(found.len());
             for batch in found.chunks(REVOKE_BATCH) {
-                let mut attempt = 1;
+                let mut retry = DeadlockRetry::new("revoke_user (a batch)", &self.table);
                 loop {
                     match self.revoke_batch(conn.connection(), key, batch).await {
                         Ok(locked) => {
@@ -447,15 +445,7 @@ impl Dialect for MysqlDialect {
                         // transaction rolls back), so nothing of this batch
                         // was deleted or counted, and the next try locks and
                         // judges each row afresh.
-                        Err(e) if deadlocked(&e) && attempt < DEADLOCK_ATTEMPTS => {
-                            tracing::debug!(
-                                table = %self.table,
-                                attempt,
-                                "revoke_user: a batch was a deadlock's victim; running it again"
-                            );
-                            tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
-                            attempt += 1;
-                        }
+                        Err(e) if deadlocked(&e) && retry.left() => retry.pause().await,
                         Err(e) => return Err(e),
                     }
                 }

@@ -62,8 +62,8 @@ use session_store::backend::{check_sql_identifier, redact_url};
 use session_store::Result;
 use session_store_sql::{
     check_table_name, lazy_pool, max_table_name_len, session_interface, Batches, Clock,
-    Connections, Dialect, Judged, LegacyLayout, MigrationStatements, Migrations, Setup, SqlStore,
-    Statements, Update, DELETE_BATCH,
+    Connections, DeadlockRetry, Dialect, Judged, LegacyLayout, MigrationStatements, Migrations,
+    Setup, SqlStore, Statements, Update, DELETE_BATCH,
 };
 use sqlx::postgres::{PgArguments, PgPool, PgQueryResult};
 use sqlx::query::Query;
@@ -77,9 +77,6 @@ const STORE: &str = "postgres";
 /// PostgreSQL's `deadlock_detected`: the statement was undone to break a
 /// deadlock.
 const DEADLOCK_DETECTED: &str = "40P01";
-/// How many times `revoke_user`'s `DELETE` runs before a deadlock is the
-/// caller's error (all within the operation timeout).
-const DEADLOCK_ATTEMPTS: u32 = 5;
 
 /// Whether PostgreSQL undid the statement to break a deadlock.
 fn deadlocked(error: &sqlx::Error) -> bool {
@@ -424,7 +421,7 @@ impl Dialect for PostgresDialect {
     ) -> Result<Vec<Vec<u8>>> {
         let work = async {
             let mut conn = store.writer().await?;
-            let mut attempt = 1;
+            let mut retry = DeadlockRetry::new("revoke_user", store.table());
             loop {
                 let deleted = sqlx::query_scalar(&self.revoke_user)
                     .bind(user_key)
@@ -435,15 +432,7 @@ impl Dialect for PostgresDialect {
                     // One statement, and PostgreSQL undid all of it: running
                     // it again cannot delete twice, and it judges each row
                     // afresh.
-                    Err(e) if deadlocked(&e) && attempt < DEADLOCK_ATTEMPTS => {
-                        tracing::debug!(
-                            table = %store.table(),
-                            attempt,
-                            "revoke_user was a deadlock's victim; running it again"
-                        );
-                        tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
-                        attempt += 1;
-                    }
+                    Err(e) if deadlocked(&e) && retry.left() => retry.pause().await,
                     deleted => return deleted,
                 }
             }

@@ -48,10 +48,12 @@
 #![warn(missing_docs)]
 
 mod connections;
+mod deadlock;
 mod dialect;
 mod engine;
 
 pub use connections::{pool_options, Connection, Connections, PING_AFTER_IDLE};
+pub use deadlock::{DeadlockRetry, DEADLOCK_ATTEMPTS};
 pub use dialect::{
     Batches, Clock, Dialect, Judged, LegacyLayout, MigrationStatements, Migrations, Statements,
     Update,

@@ -99,3 +99,39 @@ pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
+
+/// The case `a_connection_the_server_closed_is_replaced` of a SQL store
+/// whose pool holds one connection: `kill` has the server close that
+/// connection (once it is back in the pool, idle). After `ping_after_idle`
+/// the pool checks it, finds it dead and opens another, so the caller never
+/// sees it; sooner it is handed out unchecked (no round trip per
+/// statement), its statement may fail with `Error::Backend`, it is not
+/// pooled again, and the next operation succeeds.
+pub async fn a_closed_connection_is_replaced<K, F>(
+    store: &dyn server_session::SessionInterface,
+    ping_after_idle: std::time::Duration,
+    mut kill: K,
+) where
+    K: FnMut() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    use std::time::Duration;
+    let s = server_session::Session::new(
+        server_session::SessionToken::generate().id(),
+        Duration::from_secs(600),
+    );
+    store.create(&s).await.unwrap();
+    for waited in [ping_after_idle + Duration::from_millis(200), Duration::ZERO] {
+        kill().await;
+        tokio::time::sleep(waited).await;
+        let first = store.get(&s.id()).await;
+        if waited > Duration::ZERO {
+            let found = first.expect("the dead connection was checked and replaced");
+            assert_eq!(found.map(|found| found.id()), Some(s.id()));
+        } else if let Err(e) = first {
+            assert!(matches!(e, server_session::Error::Backend { .. }), "{e:?}");
+        }
+        let next = store.get(&s.id()).await.expect("a new connection");
+        assert_eq!(next.map(|found| found.id()), Some(s.id()));
+    }
+}
