@@ -765,3 +765,61 @@ async fn flush_and_clear_keep_the_index_tidy_and_apart() {
     nested.clear().await.unwrap();
     assert!(non_session_keys(&mut raw, &prefix).await.is_empty());
 }
+
+/// `SCAN` hands out a key again when Redis resizes its table during the
+/// walk, as it shrinks it once many keys are gone at once (many sessions
+/// expiring together, say): `len` counts each session once all the same.
+/// Other keys of the database (another prefix's, deleted here in bulk)
+/// make the table grow and then shrink under the walk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn len_counts_each_session_once_while_the_table_shrinks() {
+    let prefix = common::unique("test:") + ":";
+    let Some(store) = store_with_prefix(prefix.clone()).await else {
+        return;
+    };
+    let live = sessions(3000, Duration::from_secs(60));
+    create_all(&store, &live).await;
+    let mut raw = raw_connection().await;
+    let others = format!("{prefix}others:");
+    let mut worst = 0;
+    for round in 0..6 {
+        for chunk in 0..20 {
+            let mut fill = redis::pipe();
+            for i in 0..10_000 {
+                fill.cmd("SET")
+                    .arg(format!("{others}{round}:{chunk}:{i}"))
+                    .arg(1)
+                    .ignore();
+            }
+            fill.query_async::<()>(&mut raw).await.unwrap();
+        }
+        let drop_all = {
+            let mut raw = raw.clone();
+            let others = others.clone();
+            tokio::spawn(async move {
+                for chunk in 0..20 {
+                    let mut unlink = redis::cmd("UNLINK");
+                    for i in 0..10_000 {
+                        unlink.arg(format!("{others}{round}:{chunk}:{i}"));
+                    }
+                    unlink.query_async::<()>(&mut raw).await.unwrap();
+                }
+            })
+        };
+        let mut counted = Vec::new();
+        while !drop_all.is_finished() || counted.len() < 3 {
+            counted.push(store.len().await.unwrap());
+        }
+        drop_all.await.unwrap();
+        // Let the server shrink its table while walks go on.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            counted.push(store.len().await.unwrap());
+        }
+        worst = counted
+            .into_iter()
+            .fold(worst, |worst, n| if n == 3000 { worst } else { n });
+        assert_eq!(worst, 0, "round {round}: len() answered {worst}, not 3000");
+    }
+    store.clear().await.unwrap();
+}

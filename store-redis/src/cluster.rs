@@ -21,7 +21,7 @@ use session_store::{
     UpdateOutcome,
 };
 
-use crate::keyspace::{Keyspace, ReplicaWait, Transport};
+use crate::keyspace::{Keyspace, ReplicaWait, SeenKeys, Transport};
 use crate::scripts::{Lua, Scripts};
 use crate::{Keys, SCAN_BATCH};
 
@@ -793,9 +793,14 @@ impl SessionInterface for RedisClusterStore {
     async fn len(&self) -> Result<u64> {
         let count = AtomicU64::new(0);
         let lua = &self.keyspace.scripts.count_live;
+        let mut seen = SeenKeys::new();
         self.scan_batches("len", Keys::Sessions, |master, keys| {
             let count = &count;
+            let keys = seen.first_sightings(keys);
             async move {
+                if keys.is_empty() {
+                    return Ok(());
+                }
                 let replies = self.script_per_key("len", &master, lua, &keys, &[]).await?;
                 let mut live = 0u64;
                 for reply in replies {

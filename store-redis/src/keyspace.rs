@@ -4,7 +4,9 @@
 //! of the key's slot. What differs between the two stores is how a
 //! connection is had and how a failure is typed: the [`Transport`].
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +100,41 @@ impl Transport {
             Transport::Server(server) => server.context(what),
             Transport::Cluster(cluster) => cluster.context(what),
         }
+    }
+}
+
+/// The keys a `SCAN` walk has handed out so far. `SCAN` may hand out a key
+/// more than once: when the server resizes its table during the walk (as
+/// it shrinks it once many keys have expired at once), it returns what it
+/// walks of both tables. A walk that counts keeps only a key's first
+/// sighting. Keys are remembered by two independently seeded 64-bit hashes
+/// (16 bytes a key, whatever its length): two keys of a million are taken
+/// for one with a probability below 10^-26.
+pub(crate) struct SeenKeys {
+    seen: HashSet<(u64, u64)>,
+    first: RandomState,
+    second: RandomState,
+}
+
+impl SeenKeys {
+    pub(crate) fn new() -> Self {
+        SeenKeys {
+            seen: HashSet::new(),
+            first: RandomState::new(),
+            second: RandomState::new(),
+        }
+    }
+
+    /// `keys` without those seen before (or earlier in `keys`).
+    pub(crate) fn first_sightings(&mut self, keys: Vec<String>) -> Vec<String> {
+        let SeenKeys {
+            seen,
+            first,
+            second,
+        } = self;
+        keys.into_iter()
+            .filter(|key| seen.insert((first.hash_one(key), second.hash_one(key))))
+            .collect()
     }
 }
 
@@ -800,5 +837,25 @@ impl Keyspace {
             0 => Ok(false),
             code => Err(not_a_record(key.clone(), code)),
         }
+    }
+}
+
+#[cfg(test)]
+mod seen_keys_tests {
+    use super::SeenKeys;
+
+    #[test]
+    fn a_key_handed_out_again_is_not_counted_again() {
+        let mut seen = SeenKeys::new();
+        let batch = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            seen.first_sightings(batch(&["p:a", "p:b"])),
+            batch(&["p:a", "p:b"])
+        );
+        assert_eq!(
+            seen.first_sightings(batch(&["p:b", "p:c", "p:c"])),
+            batch(&["p:c"])
+        );
+        assert!(seen.first_sightings(batch(&["p:a"])).is_empty());
     }
 }

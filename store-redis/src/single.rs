@@ -16,7 +16,7 @@ use session_store::{
     BoxError, DeleteOutcome, Error, Result, Session, SessionId, SessionInterface, UpdateOutcome,
 };
 
-use crate::keyspace::{Keyspace, Transport};
+use crate::keyspace::{Keyspace, SeenKeys, Transport};
 use crate::scripts::Scripts;
 use crate::{Keys, SCAN_BATCH};
 
@@ -470,9 +470,14 @@ impl SessionInterface for RedisStore {
     async fn len(&self) -> Result<u64> {
         let count = AtomicU64::new(0);
         let lua = &self.keyspace.scripts.count_live;
+        let mut seen = SeenKeys::new();
         self.scan_batches("len", |keys| {
             let count = &count;
+            let keys = seen.first_sightings(keys);
             async move {
+                if keys.is_empty() {
+                    return Ok(());
+                }
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let keys = &keys;
                 let live: u64 = self
