@@ -888,8 +888,16 @@ async fn a_connection_the_server_closed_is_replaced() {
         return;
     };
     let pool = store.pool().clone();
+    // Connected once, before: a slow connect inside `kill` could let the
+    // pooled connection sit past `PING_AFTER_IDLE` in the round meant to
+    // hand it out unchecked.
+    let admin = Arc::new(tokio::sync::Mutex::new(
+        <sqlx::MySqlConnection as sqlx::Connection>::connect(&common::mysql_url())
+            .await
+            .unwrap(),
+    ));
     let kill = || {
-        let pool = pool.clone();
+        let (pool, admin) = (pool.clone(), admin.clone());
         async move {
             // The pool has one connection: this is the one the store uses.
             let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
@@ -901,12 +909,8 @@ async fn a_connection_the_server_closed_is_replaced() {
             while pool.num_idle() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let url = common::mysql_url();
-            let mut admin = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url)
-                .await
-                .unwrap();
             sqlx::query(&format!("KILL CONNECTION {id}"))
-                .execute(&mut admin)
+                .execute(&mut *admin.lock().await)
                 .await
                 .unwrap();
         }

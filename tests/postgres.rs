@@ -653,8 +653,16 @@ async fn a_connection_the_server_closed_is_replaced() {
     };
     store.migrate().await.expect("migrate");
     let pool = store.pool().clone();
+    // Connected once, before: a slow connect inside `kill` could let the
+    // pooled connection sit past `PING_AFTER_IDLE` in the round meant to
+    // hand it out unchecked.
+    let admin = Arc::new(tokio::sync::Mutex::new(
+        <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap(),
+    ));
     let kill = || {
-        let (pool, url) = (pool.clone(), url.clone());
+        let (pool, admin) = (pool.clone(), admin.clone());
         async move {
             // The pool has one connection: this is the one the store uses.
             let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -666,12 +674,9 @@ async fn a_connection_the_server_closed_is_replaced() {
             while pool.num_idle() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-                .await
-                .unwrap();
             let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
                 .bind(pid)
-                .fetch_one(&mut admin)
+                .fetch_one(&mut *admin.lock().await)
                 .await
                 .unwrap();
             assert!(killed, "backend {pid} terminated");

@@ -76,7 +76,7 @@
 //! | `revoke_user` | Lua: delete the listed records bound to exactly that user (their own key checked), but the one kept | 1 |
 //! | `flush` | `SCAN MATCH <prefix>user:<40 hex digits>` + Lua dropping expired entries per batch (Redis expires the records itself) | 2 per 1000 users |
 //! | `clear` | `SCAN MATCH <prefix><64 hex digits>` + `UNLINK` per batch, then the user sets: drop entries whose record is gone | 2 per 1000 keys |
-//! | `len` | `SCAN MATCH <prefix><64 hex digits>` + Lua count of live headers per batch | 2 per 1000 keys |
+//! | `len` | `SCAN MATCH <prefix><64 hex digits>` + Lua count of live headers per batch, each key counted once (20–40 bytes of memory a key while it runs) | 2 per 1000 keys |
 //!
 //! **Namespace.** `clear` and `len` only ever touch keys that are exactly
 //! this store's prefix (glob-escaped) followed by 64 lowercase hex digits,
@@ -113,7 +113,7 @@
 //! | per session (`get` ... `touch`) | as above, on the key's master | 1 |
 //! | with `min_replica_acks` = n | the write, then `WAIT n timeout` on the same connection, pipelined | 1, plus the replicas' acknowledgement |
 //! | `clear` | `CLUSTER SLOTS`, then per master: `SCAN` + a pipeline of single-key `UNLINK`s per batch | 1 + 2 per 1000 keys |
-//! | `len` | `CLUSTER SLOTS`, then per master: `SCAN` + a pipeline of the count script, one key per call, per batch | 1 + 2 per 1000 keys |
+//! | `len` | `CLUSTER SLOTS`, then per master: `SCAN` + a pipeline of the count script, one key per call, per batch, each key counted once across masters (20–40 bytes of memory a key while it runs) | 1 + 2 per 1000 keys |
 //!
 //! **Namespace.** `clear` and `len` visit every master that serves slots
 //! (replicas hold copies), one after another, with the same exact-prefix
