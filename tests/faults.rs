@@ -7,7 +7,6 @@
 mod common;
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -622,31 +621,6 @@ async fn ambiguous_timeouts(
     );
 }
 
-fn upstream(url: &str, default_port: u16) -> SocketAddr {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let hostport = rest
-        .split(['/', '?'])
-        .next()
-        .unwrap_or("")
-        .rsplit('@')
-        .next()
-        .unwrap_or("");
-    let mut parts = hostport.split(':');
-    let host = parts.next().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    let port = parts
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(default_port);
-    format!("{host}:{port}")
-        .parse()
-        .expect("a loopback address")
-}
-
 #[cfg(feature = "redis")]
 mod redis_faults {
     use super::*;
@@ -674,7 +648,7 @@ mod redis_faults {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_survives_a_cut() {
-        let proxy = Proxy::start(upstream(&common::redis_url(), 6379)).await;
+        let proxy = Proxy::start(common::upstream(&common::redis_url(), 6379)).await;
         let Some(store) = through(&proxy).await else {
             return;
         };
@@ -684,7 +658,7 @@ mod redis_faults {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_stall_times_out() {
-        let proxy = Proxy::start(upstream(&common::redis_url(), 6379)).await;
+        let proxy = Proxy::start(common::upstream(&common::redis_url(), 6379)).await;
         let Some(store) = through(&proxy).await else {
             return;
         };
@@ -694,7 +668,7 @@ mod redis_faults {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_ambiguous_timeouts_resolve_without_double_writes() {
-        let proxy = Proxy::start(upstream(&common::redis_url(), 6379)).await;
+        let proxy = Proxy::start(common::upstream(&common::redis_url(), 6379)).await;
         let Some(store) = through(&proxy).await else {
             return;
         };
@@ -714,7 +688,7 @@ mod postgres_faults {
         let url = common::database_url();
         let proxied = url
             .replacen(
-                &upstream(&url, 5432).to_string(),
+                &common::upstream(&url, 5432).to_string(),
                 &proxy.addr.to_string(),
                 1,
             )
@@ -742,7 +716,7 @@ mod postgres_faults {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_survives_a_cut() {
-        let proxy = Proxy::start(upstream(&common::database_url(), 5432)).await;
+        let proxy = Proxy::start(common::upstream(&common::database_url(), 5432)).await;
         let Some(store) = through(&proxy).await else {
             return;
         };
@@ -752,7 +726,7 @@ mod postgres_faults {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_stall_times_out() {
-        let proxy = Proxy::start(upstream(&common::database_url(), 5432)).await;
+        let proxy = Proxy::start(common::upstream(&common::database_url(), 5432)).await;
         let Some(store) = through(&proxy).await else {
             return;
         };
@@ -762,7 +736,7 @@ mod postgres_faults {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_ambiguous_timeouts_resolve_without_double_writes() {
-        let proxy = Proxy::start(upstream(&common::database_url(), 5432)).await;
+        let proxy = Proxy::start(common::upstream(&common::database_url(), 5432)).await;
         let Some(store) = through(&proxy).await else {
             return;
         };

@@ -933,13 +933,7 @@ async fn a_record_deleted_and_created_again_before_the_miss_is_explained_is_gone
     let Some(direct) = common::mysql::store(direct).await else {
         return;
     };
-    let upstream = common::mysql_url()
-        .trim_start_matches("mysql://")
-        .split(['@', '/'])
-        .nth(1)
-        .and_then(|host| host.parse().ok())
-        .expect("MYSQL_URL names an ip:port");
-    let proxy = Proxy::start(upstream).await;
+    let proxy = Proxy::start(common::upstream(&common::mysql_url(), 3306)).await;
     let through = format!("mysql://root@{}/test", proxy.addr);
     let proxied = MysqlStore::connect_with(MysqlConfig {
         url: through,

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::postgres::until_blocked;
 use server_session::conformance::StoreFactory;
 use server_session::postgres::sqlx;
 use server_session::{
@@ -253,25 +254,6 @@ async fn locking(store: &PostgresStore, sql: &str) -> sqlx::Transaction<'static,
         .unwrap();
     assert_eq!(done.rows_affected(), 1, "{sql} locked nothing");
     tx
-}
-
-/// Waits until a statement on `table` waits for a row lock.
-async fn until_blocked(store: &PostgresStore) {
-    for _ in 0..500 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
-        )
-        .bind(store.table())
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no statement on {} ever waited for the lock", store.table());
 }
 
 /// Inserts rows 1..=n whose ids ascend with n and whose expiries are

@@ -9,7 +9,6 @@ mod common;
 
 use common::redis::raw;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::proxy::{Mode, Proxy};
@@ -27,20 +26,6 @@ async fn store_at(url: String, prefix: String, timeout: Duration) -> Option<Redi
         ..RedisConfig::new(url)
     })
     .await
-}
-
-fn upstream() -> SocketAddr {
-    let url = common::redis_url();
-    let rest = url.split("://").nth(1).unwrap_or(&url);
-    let hostport = rest.split(['/', '?']).next().unwrap_or("");
-    let hostport = hostport.rsplit('@').next().unwrap_or("");
-    let mut parts = hostport.split(':');
-    let host = match parts.next() {
-        Some("localhost") | None | Some("") => "127.0.0.1",
-        Some(h) => h,
-    };
-    let port: u16 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(6379);
-    format!("{host}:{port}").parse().expect("loopback address")
 }
 
 fn bound(user: &str, ttl: Duration) -> Session {
@@ -74,7 +59,7 @@ async fn index_members(conn: &mut redis::aio::MultiplexedConnection, prefix: &st
 async fn pair(timeout: Duration) -> Option<(Proxy, RedisStore, RedisStore, String)> {
     let prefix = common::unique("review:perf:") + ":";
     let fast = store_at(common::redis_url(), prefix.clone(), Duration::from_secs(5)).await?;
-    let proxy = Proxy::start(upstream()).await;
+    let proxy = Proxy::start(common::upstream(&common::redis_url(), 6379)).await;
     let slow = store_at(format!("redis://{}", proxy.addr), prefix.clone(), timeout).await?;
     // Warm the slow store's connection (and any script loading) before a
     // marker is armed.

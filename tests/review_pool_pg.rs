@@ -9,6 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::postgres::until_blocked;
 use server_session::postgres::sqlx;
 use server_session::{
     from_unix_millis, now_millis, DeleteOutcome, Error, PostgresConfig, PostgresStore, Session,
@@ -52,24 +53,6 @@ async fn store_with(pool_size: u32, options: Option<&str>) -> Option<PostgresSto
     };
     store.migrate().await.expect("migrate");
     Some(store)
-}
-
-async fn until_blocked(store: &PostgresStore) {
-    for _ in 0..500 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
-        )
-        .bind(store.table())
-        .fetch_one(&mut admin().await)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("nothing waited for a lock on {}", store.table());
 }
 
 async fn admin() -> sqlx::PgConnection {
@@ -566,7 +549,7 @@ async fn sqlite_readers_after_idle_and_back_to_back() {
 #[tokio::test]
 async fn a_delete_and_recreate_between_the_write_and_its_judge_read_is_no_conflict() {
     use common::proxy::{Mode, Proxy};
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = Proxy::start(common::upstream(&common::database_url(), 5432)).await;
     let url = format!("postgres://postgres@{}/test", proxy.addr);
     let config = PostgresConfig {
         schema: Some(SCHEMA.into()),

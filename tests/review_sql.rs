@@ -51,6 +51,7 @@ mod postgres {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::common::postgres::until_blocked;
     use server_session::postgres::sqlx;
     use server_session::postgres::{MAX_TABLE_NAME_LEN, MIGRATIONS_TABLE};
     use server_session::{
@@ -104,25 +105,6 @@ mod postgres {
             .fetch_one(store.pool())
             .await
             .unwrap()
-    }
-
-    /// Waits until a statement on the store's table waits for a row lock.
-    async fn until_blocked(store: &PostgresStore) {
-        for _ in 0..500 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
-            )
-            .bind(store.table())
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-            if waiting > 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("nothing waited for a lock on {}", store.table());
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -134,4 +136,31 @@ pub async fn a_closed_connection_is_replaced<K, F>(
         let next = store.get(&s.id()).await.expect("a new connection");
         assert_eq!(next.map(|found| found.id()), Some(s.id()));
     }
+}
+
+/// The `host:port` a server `url` names (`localhost` as 127.0.0.1, the
+/// scheme's `default_port` when it names none): where a test proxy forwards.
+pub fn upstream(url: &str, default_port: u16) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let hostport = rest
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("")
+        .rsplit('@')
+        .next()
+        .unwrap_or("");
+    let mut parts = hostport.split(':');
+    let host = parts.next().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let port = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(default_port);
+    format!("{host}:{port}")
+        .parse()
+        .expect("a loopback address")
 }
