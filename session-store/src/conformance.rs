@@ -430,6 +430,7 @@ macro_rules! __conformance_cases {
             user_index_revoke_then_save_is_gone,
             user_index_revoke_racing_saves,
             user_index_revoke_racing_logins,
+            user_index_set_racing_deletes,
             user_index_namespaces_are_separate,
             user_index_nested_namespace_is_foreign,
             user_index_many_sessions,

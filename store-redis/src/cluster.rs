@@ -749,7 +749,8 @@ impl SessionInterface for RedisClusterStore {
     /// The user's set (on its master), then the checking delete script on
     /// each listed record's master, side by side: a record is deleted only
     /// if it is bound to exactly that user. The deleted ids are then taken
-    /// out of the set, and the entries of records not bound to the user
+    /// out of the set (and listed again if a racing `set` wrote one back
+    /// meanwhile), and the entries of records not bound to the user
     /// dropped if their score has passed.
     async fn revoke_user(
         &self,
@@ -783,6 +784,11 @@ impl SessionInterface for RedisClusterStore {
             }
         }
         keyspace.forget("revoke_user", set, &gone).await?;
+        // A `set` of a revoked id racing this can have written it again
+        // and listed it before the removal above: list those again.
+        keyspace
+            .relist_written("revoke_user", user_key, &revoked)
+            .await?;
         keyspace.drop_due("revoke_user", set, &stale).await?;
         Ok(revoked)
     }

@@ -10,6 +10,7 @@ use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt as _};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands as _, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
@@ -158,6 +159,17 @@ const JUDGED_BY_REDIS_WITHIN_MS: i64 = 60_000;
 struct Fetched {
     expires_at_ms: i64,
     now_ms: i64,
+}
+
+/// How many deleted records [`Keyspace::relist_written`] looks at at once.
+const RELIST_FAN_OUT: usize = 32;
+
+/// What went wrong underneath `e`, for an error that says more.
+fn source_of(e: Error) -> session_store::BoxError {
+    match e {
+        Error::Backend { source, .. } | Error::Unavailable { source, .. } => source,
+        other => other.into(),
+    }
 }
 
 /// One namespace (key prefix) of a Redis, single or clustered.
@@ -407,55 +419,126 @@ impl Keyspace {
         id: &SessionId,
         expires_at_ms: i64,
     ) -> Result<()> {
+        self.list(what, user_key, id, expires_at_ms)
+            .await
+            .map_err(|e| Error::Unavailable {
+                store: self.transport.store(),
+                context: self.transport.context(&format!(
+                    "{what}: listing the session under its user before writing it \
+                     (the session was not written)"
+                )),
+                source: source_of(e),
+            })
+    }
+
+    /// Cluster: lists `id` again once the record bound to `user_key` was
+    /// written by an unconditional write (`set`, `create`). A delete of the
+    /// same id racing it can land between [`index_first`](Self::index_first)
+    /// and the write, and take out the entry the write had just made (its
+    /// record was deleted, then written again): without this, the record
+    /// would live unlisted, and `revoke_user` would miss it. The other
+    /// half of the race is the deleters' (see
+    /// [`index_forget`](Self::index_forget)). A failure is
+    /// [`Error::Backend`] saying the write was applied: these writes are
+    /// idempotent, and a retry lists the record again.
+    async fn index_after(
+        &self,
+        what: &'static str,
+        user_key: &str,
+        id: &SessionId,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        self.list(what, user_key, id, expires_at_ms)
+            .await
+            .map_err(|e| {
+                Error::backend(
+                    self.transport.store(),
+                    self.transport.context(&format!(
+                        "{what}: listing the session under its user again after writing it \
+                         (the session was written; a retry lists it)"
+                    )),
+                    source_of(e),
+                )
+            })
+    }
+
+    /// `ZADD GT` of `id` in `user_key`'s set, waiting for replicas.
+    async fn list(
+        &self,
+        what: &'static str,
+        user_key: &str,
+        id: &SessionId,
+        expires_at_ms: i64,
+    ) -> Result<()> {
         let mut add = redis::cmd("ZADD");
         add.arg(self.user_set(user_key))
             .arg("GT")
             .arg(expires_at_ms)
             .arg(id.to_hex());
         let (add, wait) = (&add, self.replica_wait);
-        let added = self
-            .transport
+        self.transport
             .run(what, move |mut conn| async move {
                 send::<_, i64>(&mut conn, add.clone(), wait).await
             })
             .await
-            .and_then(|(_, acked)| self.check_replicas(what, true, acked));
-        added.map_err(|e| {
-            let source = match e {
-                Error::Backend { source, .. } | Error::Unavailable { source, .. } => source,
-                other => other.into(),
-            };
-            Error::Unavailable {
-                store: self.transport.store(),
-                context: self.transport.context(&format!(
-                    "{what}: listing the session under its user before writing it \
-                     (the session was not written)"
-                )),
-                source,
-            }
-        })
+            .and_then(|(_, acked)| self.check_replicas(what, true, acked))
     }
 
-    /// Takes `id` out of `user_key`'s set after its record was deleted
-    /// (by `delete`, or on a cluster by a script in another slot). A failure leaves a stale entry, which every read checks
-    /// against the record and `flush` drops once its score has passed; the
-    /// delete itself happened, so it is only logged.
+    /// Cluster: takes `id` out of `user_key`'s set after its record was
+    /// deleted (by `delete`, or by a script in another slot), then lists it
+    /// again if the record is back (see [`relist_written`](Self::relist_written)).
+    /// A failure leaves a stale entry, which every read checks against the
+    /// record and `flush` drops once its score has passed, or (rarely: a
+    /// racing write and a failure) a record unlisted; the delete itself
+    /// happened, so it is only logged.
     async fn index_forget(&self, what: &'static str, user_key: &[u8], id: &SessionId) {
         let Ok(user_key) = std::str::from_utf8(user_key) else {
             return;
         };
-        let mut rem = redis::cmd("ZREM");
-        rem.arg(self.user_set(user_key)).arg(id.to_hex());
-        let rem = &rem;
-        let removed = self
-            .transport
-            .run(what, move |mut conn| async move {
-                rem.query_async::<i64>(&mut conn).await
-            })
+        let forgotten = self
+            .forget(what, &self.user_set(user_key), &[id.to_hex()])
             .await;
-        if let Err(e) = removed {
-            tracing::warn!(operation = what, error = %e, "a deleted session is still listed in its user's index");
+        let relisted = match forgotten {
+            Ok(()) => self.relist_written(what, user_key, &[*id]).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = relisted {
+            tracing::warn!(operation = what, error = %e, "a deleted session's entry in its user's index may be wrong");
         }
+    }
+
+    /// Cluster: after `ids` were deleted and taken out of `user_key`'s set,
+    /// lists again each whose record is there once more, bound to that
+    /// user. A `set` of the same id racing the delete can write its record
+    /// after the delete and list it before the delete's removal of the
+    /// entry: looking at the record after the removal catches that order,
+    /// and [`index_after`](Self::index_after) the other one (the write
+    /// landing after this look). A GET per id, paid only by deletes of
+    /// bound records.
+    pub(crate) async fn relist_written(
+        &self,
+        what: &'static str,
+        user_key: &str,
+        ids: &[SessionId],
+    ) -> Result<()> {
+        let relisted: Vec<Result<()>> = stream::iter(ids.iter().copied())
+            .map(|id| async move {
+                let key = self.key(&id);
+                let Some((bytes, header)) = self.fetch(&key, false).await? else {
+                    return Ok(());
+                };
+                match codec::user_key(&bytes, &key) {
+                    Ok(Some(bound_to)) if bound_to == user_key => {
+                        self.list(what, user_key, &id, header.expires_at_ms).await
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .buffer_unordered(RELIST_FAN_OUT)
+            .collect()
+            .await;
+        relisted.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(())
     }
 
     /// Cluster: the ids `set` lists; with `due`, only those whose score
@@ -600,6 +683,10 @@ impl Keyspace {
                         send(&mut conn, write.clone(), wait).await
                     })
                     .await?;
+                if let Some(user) = session.user_key() {
+                    self.index_after("set", user, &id, session.expires_at_millis())
+                        .await?;
+                }
                 acked
             }
         };
@@ -694,6 +781,10 @@ impl Keyspace {
                         send(&mut conn, write.clone(), wait).await
                     })
                     .await?;
+                if let (None, Some(user), Some(_)) = (indexed_here, user, &stored) {
+                    self.index_after("create", user, &id, session.expires_at_millis())
+                        .await?;
+                }
                 (stored.is_some(), acked)
             }
         };

@@ -406,6 +406,71 @@ pub async fn user_index_revoke_racing_logins(ctx: Ctx) -> CaseResult {
     Ok(())
 }
 
+/// An unconditional `set` of a bound session racing its deletion (by
+/// `delete`, `delete_if` or `revoke_user`): whichever wins, a session
+/// live afterwards is listed under its user (else a later `revoke_user`
+/// would miss it). Each round starts one side a few round trips late (an
+/// `exists` of another id), so the deleter's steps land before, between
+/// and after the set's. Where the index lives apart from the records (a
+/// Redis Cluster), a deleter taking the entry out after a racing set
+/// listed and wrote the record again had left it live and unlisted.
+pub async fn user_index_set_racing_deletes(ctx: Ctx) -> CaseResult {
+    if !ctx.has_user_index().await? {
+        return Ok(());
+    }
+    const ROUNDS: usize = 96;
+    let store = &*ctx.store;
+    let elsewhere = live().id();
+    let after = |round_trips: usize| async move {
+        for _ in 0..round_trips {
+            store.exists(&elsewhere).await?;
+        }
+        R::Ok(())
+    };
+    let mut unlisted = Vec::new();
+    for round in 0..ROUNDS {
+        let s = bound("ada")?;
+        let id = s.id();
+        store.create(&s).await?;
+        // The deleter by round % 3; by (round / 3) % 8, the set starts
+        // 0-3 round trips late (0..4) or the deleter does (4..8).
+        let lag = (round / 3) % 4;
+        let (set_lag, delete_lag) = if (round / 3) % 8 < 4 {
+            (lag, 0)
+        } else {
+            (0, lag)
+        };
+        let set = async {
+            after(set_lag).await?;
+            R::Ok(store.set(&s).await?)
+        };
+        let deleted = async {
+            after(delete_lag).await?;
+            match round % 3 {
+                0 => store.delete(&id).await?,
+                1 => drop(store.delete_if(&id, 1).await?),
+                _ => drop(store.revoke_user("ada", None).await?),
+            }
+            R::Ok(())
+        };
+        let (set, deleted) = tokio::join!(set, deleted);
+        set?;
+        deleted?;
+        if store.get(&id).await?.is_some() {
+            if !ids_of(store, "ada").await?.contains(&id) {
+                unlisted.push(round);
+            }
+            store.delete(&id).await?;
+        }
+    }
+    check!(
+        unlisted.is_empty(),
+        "rounds {unlisted:?} of {ROUNDS}: a session live after a set raced its deletion is not \
+         listed under its user"
+    );
+    Ok(())
+}
+
 /// Two namespaces of one backend keep separate indexes, and `clear` of one
 /// leaves the other's index whole.
 pub async fn user_index_namespaces_are_separate(ctx: Ctx) -> CaseResult {
