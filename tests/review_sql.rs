@@ -17,6 +17,8 @@ fn session(ttl_ms: i64) -> Session {
     s
 }
 
+/// A bytea literal's digits, for the PostgreSQL cases' raw statements.
+#[cfg(feature = "postgres")]
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

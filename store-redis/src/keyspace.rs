@@ -439,8 +439,9 @@ impl Keyspace {
     /// would live unlisted, and `revoke_user` would miss it. The other
     /// half of the race is the deleters' (see
     /// [`index_forget`](Self::index_forget)). A failure is
-    /// [`Error::Backend`] saying the write was applied: these writes are
-    /// idempotent, and a retry lists the record again.
+    /// [`Error::Backend`] saying the write was applied: a retried `set`
+    /// lists the record again; a retried `create` answers `IdCollision`
+    /// (the record is there, listed unless a delete raced it).
     async fn index_after(
         &self,
         what: &'static str,
@@ -455,7 +456,7 @@ impl Keyspace {
                     self.transport.store(),
                     self.transport.context(&format!(
                         "{what}: listing the session under its user again after writing it \
-                         (the session was written; a retry lists it)"
+                         (the session was written)"
                     )),
                     source_of(e),
                 )
