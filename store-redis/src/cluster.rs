@@ -784,11 +784,6 @@ impl SessionInterface for RedisClusterStore {
             }
         }
         keyspace.forget("revoke_user", set, &gone).await?;
-        // A `set` of a revoked id racing this can have written it again
-        // and listed it before the removal above: list those again.
-        keyspace
-            .relist_written("revoke_user", user_key, &revoked)
-            .await?;
         keyspace.drop_due("revoke_user", set, &stale).await?;
         Ok(revoked)
     }

@@ -161,7 +161,7 @@ struct Fetched {
     now_ms: i64,
 }
 
-/// How many deleted records [`Keyspace::relist_written`] looks at at once.
+/// How many deleted records [`Keyspace::forget`] looks at again at once.
 const RELIST_FAN_OUT: usize = 32;
 
 /// What went wrong underneath `e`, for an error that says more.
@@ -432,7 +432,7 @@ impl Keyspace {
     }
 
     /// Cluster: lists `id` again once the record bound to `user_key` was
-    /// written by an unconditional write (`set`, `create`). A delete of the
+    /// written by `set`, `create` or a rebinding `update`. A delete of the
     /// same id racing it can land between [`index_first`](Self::index_first)
     /// and the write, and take out the entry the write had just made (its
     /// record was deleted, then written again): without this, the record
@@ -441,7 +441,8 @@ impl Keyspace {
     /// [`index_forget`](Self::index_forget)). A failure is
     /// [`Error::Backend`] saying the write was applied: a retried `set`
     /// lists the record again; a retried `create` answers `IdCollision`
-    /// (the record is there, listed unless a delete raced it).
+    /// and a retried `update` `Conflict` (the record is there, listed
+    /// unless a delete raced it).
     async fn index_after(
         &self,
         what: &'static str,
@@ -471,11 +472,20 @@ impl Keyspace {
         id: &SessionId,
         expires_at_ms: i64,
     ) -> Result<()> {
+        self.list_in(what, &self.user_set(user_key), &id.to_hex(), expires_at_ms)
+            .await
+    }
+
+    /// `ZADD GT` of the member `hex` in `set`, waiting for replicas.
+    async fn list_in(
+        &self,
+        what: &'static str,
+        set: &str,
+        hex: &str,
+        expires_at_ms: i64,
+    ) -> Result<()> {
         let mut add = redis::cmd("ZADD");
-        add.arg(self.user_set(user_key))
-            .arg("GT")
-            .arg(expires_at_ms)
-            .arg(id.to_hex());
+        add.arg(set).arg("GT").arg(expires_at_ms).arg(hex);
         let (add, wait) = (&add, self.replica_wait);
         self.transport
             .run(what, move |mut conn| async move {
@@ -486,12 +496,11 @@ impl Keyspace {
     }
 
     /// Cluster: takes `id` out of `user_key`'s set after its record was
-    /// deleted (by `delete`, or by a script in another slot), then lists it
-    /// again if the record is back (see [`relist_written`](Self::relist_written)).
-    /// A failure leaves a stale entry, which every read checks against the
-    /// record and `flush` drops once its score has passed, or (rarely: a
-    /// racing write and a failure) a record unlisted; the delete itself
-    /// happened, so it is only logged.
+    /// deleted (by `delete`, or by a script in another slot), as
+    /// [`forget`](Self::forget) does. A failure leaves a stale entry, which
+    /// every read checks against the record and `flush` drops once its
+    /// score has passed, or (rarely: a racing write and a failure) a record
+    /// unlisted; the delete itself happened, so it is only logged.
     async fn index_forget(&self, what: &'static str, user_key: &[u8], id: &SessionId) {
         let Ok(user_key) = std::str::from_utf8(user_key) else {
             return;
@@ -499,47 +508,9 @@ impl Keyspace {
         let forgotten = self
             .forget(what, &self.user_set(user_key), &[id.to_hex()])
             .await;
-        let relisted = match forgotten {
-            Ok(()) => self.relist_written(what, user_key, &[*id]).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = relisted {
+        if let Err(e) = forgotten {
             tracing::warn!(operation = what, error = %e, "a deleted session's entry in its user's index may be wrong");
         }
-    }
-
-    /// Cluster: after `ids` were deleted and taken out of `user_key`'s set,
-    /// lists again each whose record is there once more, bound to that
-    /// user. A `set` of the same id racing the delete can write its record
-    /// after the delete and list it before the delete's removal of the
-    /// entry: looking at the record after the removal catches that order,
-    /// and [`index_after`](Self::index_after) the other one (the write
-    /// landing after this look). A GET per id, paid only by deletes of
-    /// bound records.
-    pub(crate) async fn relist_written(
-        &self,
-        what: &'static str,
-        user_key: &str,
-        ids: &[SessionId],
-    ) -> Result<()> {
-        let relisted: Vec<Result<()>> = stream::iter(ids.iter().copied())
-            .map(|id| async move {
-                let key = self.key(&id);
-                let Some((bytes, header)) = self.fetch(&key, false).await? else {
-                    return Ok(());
-                };
-                match codec::user_key(&bytes, &key) {
-                    Ok(Some(bound_to)) if bound_to == user_key => {
-                        self.list(what, user_key, &id, header.expires_at_ms).await
-                    }
-                    _ => Ok(()),
-                }
-            })
-            .buffer_unordered(RELIST_FAN_OUT)
-            .collect()
-            .await;
-        relisted.into_iter().collect::<Result<Vec<()>>>()?;
-        Ok(())
     }
 
     /// Cluster: the ids `set` lists; with `due`, only those whose score
@@ -584,7 +555,18 @@ impl Keyspace {
         Ok(deleted == 1)
     }
 
-    /// Cluster: takes `ids` out of `set` (their records were deleted).
+    /// Cluster: takes `ids` out of `set` (their records were deleted),
+    /// then lists again each whose record is there once more, bound to the
+    /// set's user. The set is in another slot than the records, so a write
+    /// binding the same id (`set`, `create`, a rebinding `update`) racing
+    /// the delete can write its record after the delete and list it before
+    /// this removal: looking at the record after the removal catches that
+    /// order, and the writer's second listing after its write
+    /// ([`index_after`](Self::index_after)) the other one (the write
+    /// landing after this look). Every deleter that takes entries out
+    /// (`delete`, `delete_if`, `revoke_user`, `clear`) comes through here.
+    /// A `GET` per id, paid only by deletes of bound records. Only the
+    /// removal's failure is returned.
     pub(crate) async fn forget(&self, what: &'static str, set: &str, ids: &[String]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -596,8 +578,33 @@ impl Keyspace {
             .run(what, move |mut conn| async move {
                 rem.query_async::<i64>(&mut conn).await
             })
-            .await
-            .map(drop)
+            .await?;
+        let relisted: Vec<Result<()>> = stream::iter(ids.iter().cloned())
+            .map(|hex| async move {
+                let Ok(id) = self.listed_id(hex.as_bytes()) else {
+                    return Ok(());
+                };
+                let key = self.key(&id);
+                let Some((bytes, header)) = self.fetch(&key, false).await? else {
+                    return Ok(());
+                };
+                match codec::user_key(&bytes, &key) {
+                    Ok(Some(bound_to)) if self.user_set(bound_to) == set => {
+                        self.list_in(what, set, &hex, header.expires_at_ms).await
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .buffer_unordered(RELIST_FAN_OUT)
+            .collect()
+            .await;
+        // The deletes happened, and the caller's answer (say, the ids
+        // `revoke_user` revoked) is true: a failed look or listing only
+        // matters if a write raced this one, so it is logged, not returned.
+        for failed in relisted.into_iter().filter_map(Result::err) {
+            tracing::warn!(operation = what, error = %failed, "a session written again while it was deleted may be missing from its user's index");
+        }
+        Ok(())
     }
 
     /// Cluster: drops from `set` those of `ids` whose score has passed by
@@ -856,6 +863,12 @@ impl Keyspace {
                 _ => return Err(not_a_record(key.clone(), i64::MIN)),
             };
             self.check_replicas("update", outcome == 2, acked)?;
+            // A rebinding write landed: listed again, as `set` is, in case
+            // a deleter took its entry out between the two steps.
+            if let (2, Some(score), Some(user)) = (outcome, announced, session.user_key()) {
+                self.index_after("update", user, &id, i64::from_be_bytes(score))
+                    .await?;
+            }
             return match outcome {
                 2 => Ok(UpdateOutcome::Updated { version }),
                 1 => Ok(UpdateOutcome::Conflict),

@@ -136,24 +136,26 @@
 //! `touch`; a reader finds the record live and keeps the entry, and `flush`
 //! raises its score.
 //!
-//! A deleter takes its entry out after deleting the record, so an
-//! unconditional `create` or `set` of the same id racing it could have its
-//! entry removed after listing it, and its record written after the
-//! delete: live, unlisted, and out of `revoke_user`'s reach. Both halves
-//! close that: `create` and `set` list the record again after writing it,
-//! and `delete`, `delete_if` and `revoke_user` look at each record again
-//! after taking its entry out, listing it back if it is there, bound to
-//! that user (conformance case `user_index_set_racing_deletes`).
+//! A deleter takes its entry out after deleting the record, so a write
+//! binding the same id (`create`, `set`, a rebinding `update`) racing it
+//! could have its entry removed after listing it, and its record written
+//! after the delete: live, unlisted, and out of `revoke_user`'s reach.
+//! Both halves close that: those writes list the record again after
+//! writing it, and every deleter (`delete`, `delete_if`, `revoke_user`,
+//! `clear`) looks at each record again after taking its entry out,
+//! listing it back if it is there, bound to that user (conformance case
+//! `user_index_set_racing_deletes`; `tests/review_cluster_race.rs` forces
+//! the rebinding and `clear` orders with `CLIENT PAUSE`).
 //!
 //! | operation | Redis Cluster, user index | round trips |
 //! | --- | --- | --- |
 //! | `create`, `set` of a bound session | `ZADD GT` on the user's master, the write, `ZADD GT` again | 3 |
-//! | `update` changing the binding | the script (answers the expiry), `ZADD GT`, the script again | 3 |
+//! | `update` changing the binding | the script (answers the expiry), `ZADD GT`, the script again, `ZADD GT` again | 4 |
 //! | `delete`, `delete_if` of a bound session | the script (answers the user key), `ZREM`, then `GET` of the record | 3 |
 //! | `sessions_of` | `ZRANGE`, then `GET`+`TIME` per record on its master, side by side, then dropping stale entries | 3 |
 //! | `revoke_user` | `ZRANGE`, then the checking delete script per record, side by side, then `ZREM`, a `GET` per revoked record (side by side) and dropping stale entries | 5 |
 //! | `flush` | per master: `SCAN` the user sets, per set the due entries, their records, and drop or raise | 1 + 2 per 1000 sets + 3 per set with due entries |
-//! | `clear` | per master: `SCAN` + the delete script per key (pipelined), `ZREM` from the sets, then as `flush` | as `flush`, + 2 per 1000 keys |
+//! | `clear` | per master: `SCAN` + the delete script per key (pipelined), `ZREM` from the sets and a `GET` per bound record, then as `flush` | as `flush`, + 2 per 1000 keys + 1 per bound record |
 //!
 //! **Failover.** The cluster client is told not to retry by itself: it
 //! would send again a request whose connection dropped after it left. The
