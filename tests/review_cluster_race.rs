@@ -27,11 +27,20 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A store on the shared cluster under `prefix`, waiting for
 /// `min_replica_acks` replicas per write (up to 4 s), each request given 5 s.
 async fn store(prefix: &str, min_replica_acks: usize) -> Option<RedisClusterStore> {
+    store_waiting(prefix, min_replica_acks, Duration::from_secs(4)).await
+}
+
+/// As [`store`], waiting up to `replica_ack_timeout` for the replicas.
+async fn store_waiting(
+    prefix: &str,
+    min_replica_acks: usize,
+    replica_ack_timeout: Duration,
+) -> Option<RedisClusterStore> {
     let url = common::redis_cluster_url();
     let config = RedisClusterConfig {
         prefix: prefix.to_owned(),
         min_replica_acks,
-        replica_ack_timeout: Duration::from_secs(4),
+        replica_ack_timeout,
         operation_timeout: Duration::from_secs(5),
         ..RedisClusterConfig::from_url(&url).expect("REDIS_CLUSTER_URL is a redis+cluster URL")
     };
@@ -347,4 +356,95 @@ async fn set_racing_clear_stays_listed() {
          {of_user:?}"
     );
     assert!(live, "setup: the set did not land after clear's delete");
+}
+
+/// The same order as `rebinding_update_racing_revoke_user_stays_listed`,
+/// but the update's write is not acknowledged by its replica in time: the
+/// record is on the master, bound to bob, and the update answers
+/// `Error::Backend`. Its second listing must not depend on the replicas'
+/// answer (it ran after it, and was skipped when the wait failed), since
+/// the manager settles that failure by reading the record back and finds
+/// it there.
+///
+/// Timeline (ms from the pauses): R's master's replica paused 1,800; bob's
+/// set's replica 600; Q's master 250. P's `ZADD GT` waits for bob's
+/// replica (about 600 < 800); D's `ZREM` and look come in between (at
+/// about 250, R still unbound); P's write lands at about 600 and its
+/// `WAIT` gives up at about 1,400, before R's replica resumes.
+#[tokio::test]
+async fn rebinding_update_unacknowledged_by_replicas_stays_listed() {
+    let _turn = TURN.lock().await;
+    let prefix = common::unique("review:") + ":";
+    let (Some(revoker), Some(setter), Some(updater)) = (
+        store(&prefix, 0).await,
+        store(&prefix, 0).await,
+        store_waiting(&prefix, 1, Duration::from_millis(800)).await,
+    ) else {
+        return;
+    };
+    let mut layout = Layout::read().await;
+    let (bob_set, _) = layout.user_set(&prefix, "bob").await;
+    let (set_master, set_replica) = layout.holder(&bob_set).await;
+    let others: Vec<String> = layout
+        .masters()
+        .into_iter()
+        .filter(|m| *m != set_master)
+        .collect();
+    assert!(others.len() >= 2, "needs three masters");
+    let r = layout.session_on(&prefix, &others[0], Some("bob")).await;
+    let q = layout.session_on(&prefix, &others[1], Some("bob")).await;
+    let id = r.id();
+    let (_, r_replica) = layout.holder(&format!("{prefix}{}", id.to_hex())).await;
+    setter.create(&r).await.unwrap();
+    setter.create(&q).await.unwrap();
+
+    pause_writes(&others[1], 250).await;
+    let d = tokio::spawn({
+        let revoker = revoker.clone();
+        async move { revoker.revoke_user("bob", None).await }
+    });
+    let gone = async {
+        while setter.exists(&id).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(200), gone)
+        .await
+        .expect("setup: revoke_user did not delete R");
+    setter
+        .set(&Session::new(id, Duration::from_secs(120)))
+        .await
+        .unwrap();
+    pause_writes(&r_replica, 1800).await;
+    pause_writes(&set_replica, 600).await;
+    let p = tokio::spawn({
+        let (updater, rebound) = (updater.clone(), r.clone());
+        async move { updater.update(&rebound, 1).await }
+    });
+    let revoked = d.await.unwrap().expect("revoke_user");
+    assert_eq!(revoked.len(), 2, "setup: revoke_user revoked {revoked:?}");
+    let updated = p.await.unwrap();
+    assert!(
+        matches!(updated, Err(server_session::Error::Backend { .. })),
+        "setup: the update's write was to go unacknowledged by R's replica, got {updated:?}"
+    );
+    // R's replica resumes at 1,800 ms: wait it out before reading.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stored = setter.get(&id).await.unwrap().expect("R is live");
+    assert_eq!(
+        stored.user_key(),
+        Some("bob"),
+        "setup: the update's write landed"
+    );
+    let of_bob = listed(&setter, "bob").await;
+    let revoked = setter.revoke_user("bob", None).await.unwrap();
+    let survived = setter.get(&id).await.unwrap().is_some();
+    setter.clear().await.unwrap();
+    assert!(
+        of_bob.contains(&id) && revoked.contains(&id) && !survived,
+        "R is live and bound to bob after an update its replica did not acknowledge, but \
+         sessions_of(bob) = {of_bob:?}, revoke_user(bob) = {revoked:?}, R still live after \
+         that revoke: {survived}"
+    );
 }

@@ -185,9 +185,10 @@ pub trait SessionInterface: Send + Sync + fmt::Debug {
     /// its user key and no longer under a previous one; after `delete`,
     /// `delete_if` or `clear` it is listed nowhere. An index entry may
     /// outlive its record: an expired record's until the next `flush` at
-    /// most; a deleted record's, when the delete was cut short between the
-    /// record and its index (a store that keeps them apart, as Redis does),
-    /// until the next `flush` after the record would have expired. It never
+    /// most; a deleted record's, on a store that keeps record and index
+    /// apart (as Redis does), when the delete was cut short between the two
+    /// or raced a write of the same id, until the next `flush` after the
+    /// record would have expired. It never
     /// makes `sessions_of` or `revoke_user` act on a record that is not
     /// bound to that user now.
     ///

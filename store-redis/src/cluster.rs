@@ -774,18 +774,47 @@ impl SessionInterface for RedisClusterStore {
             .collect()
             .await;
         let (mut revoked, mut gone, mut stale) = (Vec::new(), Vec::new(), Vec::new());
+        let mut failure = None;
         for checked in checked {
-            match checked? {
-                (id, Some(parsed)) => {
+            match checked {
+                Ok((id, Some(parsed))) => {
                     revoked.push(parsed);
                     gone.push(id);
                 }
-                (id, None) => stale.push(id),
+                Ok((id, None)) => stale.push(id),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
-        keyspace.forget("revoke_user", set, &gone).await?;
-        keyspace.drop_due("revoke_user", set, &stale).await?;
-        Ok(revoked)
+        // The entries of what was deleted go even if another delete
+        // failed: they only point at nothing now.
+        let tidied = match keyspace.forget("revoke_user", set, &gone).await {
+            Ok(()) => keyspace.drop_due("revoke_user", set, &stale).await,
+            failed => failed,
+        };
+        match (failure, tidied) {
+            (None, Ok(())) => Ok(revoked),
+            // Once a record is deleted, no failure may say that nothing
+            // happened (`Unavailable`): a partial revoke is `Backend`, which
+            // tells the caller that some of it may have applied.
+            (Some(e), _) if !revoked.is_empty() => Err(Error::backend(
+                Cluster::STORE,
+                self.cluster.context(&format!(
+                    "revoke_user: {} sessions were revoked before another could not be",
+                    revoked.len()
+                )),
+                e,
+            )),
+            (Some(e), _) => Err(e),
+            // A stale entry is harmless (every read checks it against the
+            // record, `flush` drops it), and the sessions listed were revoked.
+            (None, Err(e)) if !revoked.is_empty() => {
+                tracing::warn!(operation = "revoke_user", error = %e, "revoked sessions' entries may stay in their user's index until flush");
+                Ok(revoked)
+            }
+            (None, Err(e)) => Err(e),
+        }
     }
 
     /// Counts this namespace's live records, master by master: per `SCAN`

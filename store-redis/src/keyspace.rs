@@ -443,6 +443,12 @@ impl Keyspace {
     /// lists the record again; a retried `create` answers `IdCollision`
     /// and a retried `update` `Conflict` (the record is there, listed
     /// unless a delete raced it).
+    ///
+    /// Tried twice: `ZADD GT` is idempotent, and the manager settles a
+    /// failed save by reading the record back, finds it written, and does
+    /// not list it again; so a failure here, after a racing delete took
+    /// the first entry out, leaves the session unlisted, out of
+    /// `revoke_user`'s reach for as long as it lives.
     async fn index_after(
         &self,
         what: &'static str,
@@ -450,18 +456,24 @@ impl Keyspace {
         id: &SessionId,
         expires_at_ms: i64,
     ) -> Result<()> {
-        self.list(what, user_key, id, expires_at_ms)
-            .await
-            .map_err(|e| {
-                Error::backend(
-                    self.transport.store(),
-                    self.transport.context(&format!(
-                        "{what}: listing the session under its user again after writing it \
+        let first = self.list(what, user_key, id, expires_at_ms).await;
+        let listed = match first {
+            Err(e) => {
+                tracing::debug!(operation = what, error = %e, "listing a written session again failed; trying once more");
+                self.list(what, user_key, id, expires_at_ms).await
+            }
+            ok => ok,
+        };
+        listed.map_err(|e| {
+            Error::backend(
+                self.transport.store(),
+                self.transport.context(&format!(
+                    "{what}: listing the session under its user again after writing it \
                          (the session was written)"
-                    )),
-                    source_of(e),
-                )
-            })
+                )),
+                source_of(e),
+            )
+        })
     }
 
     /// `ZADD GT` of `id` in `user_key`'s set, waiting for replicas.
@@ -862,13 +874,16 @@ impl Keyspace {
                 }
                 _ => return Err(not_a_record(key.clone(), i64::MIN)),
             };
-            self.check_replicas("update", outcome == 2, acked)?;
             // A rebinding write landed: listed again, as `set` is, in case
-            // a deleter took its entry out between the two steps.
+            // a deleter took its entry out between the two steps. Before
+            // the replicas are judged: a write they did not acknowledge is
+            // still on the master, and a caller that settles its failure by
+            // reading the record back would find it there, unlisted.
             if let (2, Some(score), Some(user)) = (outcome, announced, session.user_key()) {
                 self.index_after("update", user, &id, i64::from_be_bytes(score))
                     .await?;
             }
+            self.check_replicas("update", outcome == 2, acked)?;
             return match outcome {
                 2 => Ok(UpdateOutcome::Updated { version }),
                 1 => Ok(UpdateOutcome::Conflict),
