@@ -15,7 +15,7 @@
 //! Everything from the core crate (`session-store`) is re-exported here: the
 //! [`SessionInterface`] trait, [`Session`], [`SessionManager`] and friends.
 //!
-//! [`open`] opens whichever compiled-in store a URL names
+//! [`open()`] opens whichever compiled-in store a URL names
 //! (`sqlite://sessions.db`, `redis://127.0.0.1:6379?prefix=app:`, ...), for
 //! apps that configure their store from an environment variable.
 #![warn(missing_docs)]

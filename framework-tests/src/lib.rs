@@ -78,7 +78,7 @@ impl std::fmt::Debug for Server {
 
 /// A web integration under test.
 pub trait Framework: Send + Sync + 'static {
-    /// Serves the routes of the [crate docs](crate) on 127.0.0.1:<free port>
+    /// Serves the routes of the [crate docs](crate) on `127.0.0.1:<free port>`
     /// with `manager` and `save_on_server_error`; the server stops when the
     /// `Server` is dropped.
     fn serve(

@@ -163,9 +163,9 @@
 //! cluster says it did not run (`MOVED`, `ASK`, `READONLY`,
 //! `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `LOADING`, no connection to
 //! the slot's node), so while a master is down its slots answer
-//! [`Error::Unavailable`](session_store::Error::Unavailable) (nothing was
+//! [`Error::Unavailable`] (nothing was
 //! done) until its replica is promoted, and a request cut off in flight
-//! answers [`Error::Backend`](session_store::Error::Backend) (it may have
+//! answers [`Error::Backend`] (it may have
 //! been done), which the `SessionManager` resolves by re-reading.
 //! Operations on a slot being migrated wait (trying again) for it to
 //! settle.
@@ -183,7 +183,7 @@
 //! that connection to that master. A write that fewer replicas acknowledge
 //! within [`replica_ack_timeout`](RedisClusterConfig::replica_ack_timeout)
 //! (a replica down or behind, or a promoted replica not yet replaced) is
-//! [`Error::Backend`](session_store::Error::Backend): it applied on the
+//! [`Error::Backend`]: it applied on the
 //! master, so it is reported as possibly applied, never as not done. A
 //! `SessionManager` then re-reads the record, finds the write and
 //! acknowledges it: while a master lacks its replicas, saves through the
