@@ -397,8 +397,28 @@ async fn rebinding_update_unacknowledged_by_replicas_stays_listed() {
     let (_, r_replica) = layout.holder(&format!("{prefix}{}", id.to_hex())).await;
     setter.create(&r).await.unwrap();
     setter.create(&q).await.unwrap();
+    let mut set_conn = redis::Client::open(format!("redis://{set_master}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let member = id.to_hex();
+    let score_of = |conn: &mut redis::aio::MultiplexedConnection| {
+        let (mut conn, set, member) = (conn.clone(), bob_set.clone(), member.clone());
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(set)
+                .arg(member)
+                .query_async::<Option<f64>>(&mut conn)
+                .await
+                .unwrap()
+                .unwrap_or(0.0)
+        }
+    };
+    let created_score = score_of(&mut set_conn).await;
+    assert!(created_score > 0.0, "setup: create listed R");
 
-    pause_writes(&others[1], 250).await;
+    pause_writes(&others[1], 400).await;
     let d = tokio::spawn({
         let revoker = revoker.clone();
         async move { revoker.revoke_user("bob", None).await }
@@ -408,7 +428,7 @@ async fn rebinding_update_unacknowledged_by_replicas_stays_listed() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
-    tokio::time::timeout(Duration::from_millis(200), gone)
+    tokio::time::timeout(Duration::from_millis(300), gone)
         .await
         .expect("setup: revoke_user did not delete R");
     setter
@@ -421,6 +441,24 @@ async fn rebinding_update_unacknowledged_by_replicas_stays_listed() {
         let (updater, rebound) = (updater.clone(), r.clone());
         async move { updater.update(&rebound, 1).await }
     });
+    // The order under test: P's first listing (scored by the 120 s record,
+    // above the 60 s one's entry) lands while D still waits, so that D's
+    // `ZREM` takes it out (else the test proves nothing).
+    let first_listing = async {
+        loop {
+            if score_of(&mut set_conn).await > created_score {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(300), first_listing)
+        .await
+        .expect("setup: the update did not list R in bob's set");
+    assert!(
+        !d.is_finished(),
+        "setup: revoke_user finished before the update listed R; a slower machine needs longer pauses"
+    );
     let revoked = d.await.unwrap().expect("revoke_user");
     assert_eq!(revoked.len(), 2, "setup: revoke_user revoked {revoked:?}");
     let updated = p.await.unwrap();

@@ -47,15 +47,18 @@ impl SessionToken {
     /// on our benchmark machine, a third of a whole in-memory `create`; the
     /// generator takes about 25 ns and is as unpredictable.
     ///
-    /// The one thing it does not survive is `fork()`: a child process
-    /// inherits the forking thread's generator state, if that thread had
-    /// used `rand::rng()` (for tokens, or for anything else). A server that
-    /// forks so, and draws tokens in both processes, should
-    /// call `rand::rng().reseed()` in the child or set
-    /// [`SessionConfig::token_generator`](crate::SessionConfig::token_generator) to one that
-    /// reads `rand::rngs::OsRng`. Even then a repeated token takes over
-    /// nothing: stores `create` without overwriting, and the manager draws
-    /// again on [`Error::IdCollision`].
+    /// The one thing it does not survive is `fork()`. Each thread has its
+    /// own generator, seeded on first use; a child process inherits the
+    /// forking thread's, if that thread had used `rand::rng()` before the
+    /// fork (for tokens or anything else). If both processes then draw
+    /// tokens on that thread, they issue the same tokens in the same order,
+    /// and a cookie from one process opens the session the other issues
+    /// under the same token once the first record is gone: a stolen-session
+    /// risk. Threads started after the fork (a tokio multi-thread runtime
+    /// built in the child) seed afresh and are safe. A server that forks
+    /// so must call `rand::rng().reseed()` in the child first, or set
+    /// [`SessionConfig::token_generator`](crate::SessionConfig::token_generator)
+    /// to one that reads `rand::rngs::OsRng` for every token.
     ///
     /// # Panics
     /// Only if the operating system cannot seed the generator at all, in

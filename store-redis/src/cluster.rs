@@ -782,8 +782,14 @@ impl SessionInterface for RedisClusterStore {
                     gone.push(id);
                 }
                 Ok((id, None)) => stale.push(id),
+                // One that may have applied wins: it is the truer answer.
                 Err(e) => {
-                    failure.get_or_insert(e);
+                    if failure
+                        .as_ref()
+                        .is_none_or(|kept: &Error| !kept.may_have_applied())
+                    {
+                        failure = Some(e);
+                    }
                 }
             }
         }
@@ -797,7 +803,8 @@ impl SessionInterface for RedisClusterStore {
             (None, Ok(())) => Ok(revoked),
             // Once a record is deleted, no failure may say that nothing
             // happened (`Unavailable`): a partial revoke is `Backend`, which
-            // tells the caller that some of it may have applied.
+            // tells the caller that some of it may have applied. With none
+            // revoked, a delete that may have applied was kept above.
             (Some(e), _) if !revoked.is_empty() => Err(Error::backend(
                 Cluster::STORE,
                 self.cluster.context(&format!(

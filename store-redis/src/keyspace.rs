@@ -456,24 +456,28 @@ impl Keyspace {
         id: &SessionId,
         expires_at_ms: i64,
     ) -> Result<()> {
-        let first = self.list(what, user_key, id, expires_at_ms).await;
-        let listed = match first {
+        let (set, hex) = (&self.user_set(user_key), &id.to_hex());
+        // Only the `ZADD` is tried again: when it ran and the replicas fell
+        // short, the entry is there, and another wait would change nothing.
+        let added = match self.add_entry(what, set, hex, expires_at_ms).await {
             Err(e) => {
                 tracing::debug!(operation = what, error = %e, "listing a written session again failed; trying once more");
-                self.list(what, user_key, id, expires_at_ms).await
+                self.add_entry(what, set, hex, expires_at_ms).await
             }
-            ok => ok,
+            added => added,
         };
-        listed.map_err(|e| {
-            Error::backend(
-                self.transport.store(),
-                self.transport.context(&format!(
-                    "{what}: listing the session under its user again after writing it \
+        added
+            .and_then(|acked| self.check_replicas(what, true, acked))
+            .map_err(|e| {
+                Error::backend(
+                    self.transport.store(),
+                    self.transport.context(&format!(
+                        "{what}: listing the session under its user again after writing it \
                          (the session was written)"
-                )),
-                source_of(e),
-            )
-        })
+                    )),
+                    source_of(e),
+                )
+            })
     }
 
     /// `ZADD GT` of `id` in `user_key`'s set, waiting for replicas.
@@ -496,6 +500,19 @@ impl Keyspace {
         hex: &str,
         expires_at_ms: i64,
     ) -> Result<()> {
+        let acked = self.add_entry(what, set, hex, expires_at_ms).await?;
+        self.check_replicas(what, true, acked)
+    }
+
+    /// `ZADD GT` of the member `hex` in `set`, with the replicas' count
+    /// when the store waits for them.
+    async fn add_entry(
+        &self,
+        what: &'static str,
+        set: &str,
+        hex: &str,
+        expires_at_ms: i64,
+    ) -> Result<Option<i64>> {
         let mut add = redis::cmd("ZADD");
         add.arg(set).arg("GT").arg(expires_at_ms).arg(hex);
         let (add, wait) = (&add, self.replica_wait);
@@ -504,7 +521,7 @@ impl Keyspace {
                 send::<_, i64>(&mut conn, add.clone(), wait).await
             })
             .await
-            .and_then(|(_, acked)| self.check_replicas(what, true, acked))
+            .map(|(_, acked)| acked)
     }
 
     /// Cluster: takes `id` out of `user_key`'s set after its record was
