@@ -182,6 +182,73 @@ async fn listed(store: &RedisClusterStore, user: &str) -> Vec<SessionId> {
         .collect()
 }
 
+/// The first half both rebinding races share: bob has sessions R (record
+/// on master A) and Q (on master C), bob's set is on master B. Q's master's
+/// writes are paused for 400 ms, `revoke_user(bob)` starts and deletes R
+/// (Q's delete, and so its `ZREM`s, wait), then R is saved again unbound
+/// and live longer than before (120 s against 60 s), so that a rebinding
+/// update's `ZADD GT` raises its entry's score.
+struct RevokeUnderWay {
+    layout: Layout,
+    /// bob's set's key, its master and that master's replica.
+    bob_set: String,
+    set_master: String,
+    set_replica: String,
+    /// R as created (bound to bob, version 1) and Q.
+    r: Session,
+    q: Session,
+    /// The `revoke_user(bob)` under way.
+    revoke: tokio::task::JoinHandle<server_session::Result<Vec<SessionId>>>,
+}
+
+async fn revoke_under_way(
+    prefix: &str,
+    revoker: &RedisClusterStore,
+    setter: &RedisClusterStore,
+) -> RevokeUnderWay {
+    let mut layout = Layout::read().await;
+    let (bob_set, _) = layout.user_set(prefix, "bob").await;
+    let (set_master, set_replica) = layout.holder(&bob_set).await;
+    let others: Vec<String> = layout
+        .masters()
+        .into_iter()
+        .filter(|m| *m != set_master)
+        .collect();
+    assert!(others.len() >= 2, "needs three masters");
+    let r = layout.session_on(prefix, &others[0], Some("bob")).await;
+    let q = layout.session_on(prefix, &others[1], Some("bob")).await;
+    let id = r.id();
+    setter.create(&r).await.unwrap();
+    setter.create(&q).await.unwrap();
+
+    pause_writes(&others[1], 400).await;
+    let revoke = tokio::spawn({
+        let revoker = revoker.clone();
+        async move { revoker.revoke_user("bob", None).await }
+    });
+    let gone = async {
+        while setter.exists(&id).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(300), gone)
+        .await
+        .expect("setup: revoke_user did not delete R");
+    setter
+        .set(&Session::new(id, Duration::from_secs(120)))
+        .await
+        .unwrap();
+    RevokeUnderWay {
+        layout,
+        bob_set,
+        set_master,
+        set_replica,
+        r,
+        q,
+        revoke,
+    }
+}
+
 /// The fix lists again after `set`/`create` write, but not after the
 /// rebinding `update` ('c', `ZADD GT`, 'x'), which has the same shape:
 /// its entry is made before its record is written, so a deleter's `ZREM`
@@ -214,40 +281,14 @@ async fn rebinding_update_racing_revoke_user_stays_listed() {
     ) else {
         return;
     };
-    let mut layout = Layout::read().await;
-    let (bob_set, _) = layout.user_set(&prefix, "bob").await;
-    let (set_master, set_replica) = layout.holder(&bob_set).await;
-    let others: Vec<String> = layout
-        .masters()
-        .into_iter()
-        .filter(|m| *m != set_master)
-        .collect();
-    assert!(others.len() >= 2, "needs three masters");
-    let r = layout.session_on(&prefix, &others[0], Some("bob")).await;
-    let q = layout.session_on(&prefix, &others[1], Some("bob")).await;
+    let RevokeUnderWay {
+        set_replica,
+        r,
+        q,
+        revoke: d,
+        ..
+    } = revoke_under_way(&prefix, &revoker, &setter).await;
     let id = r.id();
-    setter.create(&r).await.unwrap();
-    setter.create(&q).await.unwrap();
-
-    pause_writes(&others[1], 400).await;
-    let d = tokio::spawn({
-        let revoker = revoker.clone();
-        async move { revoker.revoke_user("bob", None).await }
-    });
-    let gone = async {
-        while setter.exists(&id).await.unwrap() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(300), gone)
-        .await
-        .expect("setup: revoke_user did not delete R");
-    // Unbound, and live longer than R was: P's `ZADD GT` then changes the
-    // score (a write its `WAIT` waits for).
-    setter
-        .set(&Session::new(id, Duration::from_secs(120)))
-        .await
-        .unwrap();
     pause_writes(&set_replica, 900).await;
     let p = tokio::spawn({
         let (updater, rebound) = (updater.clone(), r.clone());
@@ -382,21 +423,17 @@ async fn rebinding_update_unacknowledged_by_replicas_stays_listed() {
     ) else {
         return;
     };
-    let mut layout = Layout::read().await;
-    let (bob_set, _) = layout.user_set(&prefix, "bob").await;
-    let (set_master, set_replica) = layout.holder(&bob_set).await;
-    let others: Vec<String> = layout
-        .masters()
-        .into_iter()
-        .filter(|m| *m != set_master)
-        .collect();
-    assert!(others.len() >= 2, "needs three masters");
-    let r = layout.session_on(&prefix, &others[0], Some("bob")).await;
-    let q = layout.session_on(&prefix, &others[1], Some("bob")).await;
+    let RevokeUnderWay {
+        mut layout,
+        bob_set,
+        set_master,
+        set_replica,
+        r,
+        revoke: d,
+        ..
+    } = revoke_under_way(&prefix, &revoker, &setter).await;
     let id = r.id();
     let (_, r_replica) = layout.holder(&format!("{prefix}{}", id.to_hex())).await;
-    setter.create(&r).await.unwrap();
-    setter.create(&q).await.unwrap();
     let mut set_conn = redis::Client::open(format!("redis://{set_master}"))
         .unwrap()
         .get_multiplexed_async_connection()
@@ -418,23 +455,6 @@ async fn rebinding_update_unacknowledged_by_replicas_stays_listed() {
     let created_score = score_of(&mut set_conn).await;
     assert!(created_score > 0.0, "setup: create listed R");
 
-    pause_writes(&others[1], 400).await;
-    let d = tokio::spawn({
-        let revoker = revoker.clone();
-        async move { revoker.revoke_user("bob", None).await }
-    });
-    let gone = async {
-        while setter.exists(&id).await.unwrap() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(300), gone)
-        .await
-        .expect("setup: revoke_user did not delete R");
-    setter
-        .set(&Session::new(id, Duration::from_secs(120)))
-        .await
-        .unwrap();
     pause_writes(&r_replica, 1800).await;
     pause_writes(&set_replica, 600).await;
     let p = tokio::spawn({

@@ -257,3 +257,164 @@ async fn foreign_ttls_and_the_expiry_millisecond() {
     }
     store.clear().await.ok();
 }
+
+/// The update script answers the common save (a record bound to no user,
+/// live by the app's clock plus a minute, the expected version, the new
+/// expiry no earlier) before its helpers, writing the `PXAT` the store
+/// passes in decimal. Every record just outside that case must fall
+/// through to the full script and be answered as before: a later stored
+/// expiry kept, a version 0 or an unreadable format refused untouched, a
+/// header expired under a key that lives on gone, a record leaving its
+/// user's index taken out of it; and the fast path's `PXAT` is the header's
+/// expiry to the millisecond.
+#[tokio::test]
+async fn update_fast_path_and_its_edges() {
+    let prefix = common::unique("review:perf:") + ":";
+    let Some(store) = store_at(common::redis_url(), prefix.clone(), Duration::from_secs(5)).await
+    else {
+        return;
+    };
+    let mut conn = raw().await;
+    let key_of = |s: &Session| format!("{prefix}{}", s.id());
+    let stored_expiry = |conn: &mut redis::aio::MultiplexedConnection, key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let bytes: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let pexpiretime: i64 = redis::cmd("PEXPIRETIME")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (
+                codec::header(&bytes, &key).unwrap().expires_at_ms,
+                pexpiretime,
+                bytes,
+            )
+        }
+    };
+    let write = |conn: &mut redis::aio::MultiplexedConnection, key: String, bytes: Vec<u8>| {
+        let mut conn = conn.clone();
+        async move {
+            let () = redis::cmd("SET")
+                .arg(&key)
+                .arg(bytes)
+                .arg("PX")
+                .arg(600_000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+
+    // The fast path: PXAT and header agree, to the millisecond.
+    let mut s = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    store.create(&s).await.unwrap();
+    s.set_expires_at_millis(now_millis() + 7_200_123);
+    assert_eq!(
+        store.update(&s, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    let (header, pxat, _) = stored_expiry(&mut conn, key_of(&s)).await;
+    assert_eq!(
+        (header, pxat),
+        (s.expires_at_millis(), s.expires_at_millis())
+    );
+
+    // A later stored expiry (a touch meanwhile) is kept, in both.
+    let later = now_millis() + 9_000_000;
+    let later_at = server_session::time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(later) * 1_000_000,
+    )
+    .unwrap();
+    assert!(store.touch(&s.id(), later_at).await.unwrap());
+    s.set_expires_at_millis(now_millis() + 3_600_000);
+    assert_eq!(
+        store.update(&s, 2).await.unwrap(),
+        UpdateOutcome::Updated { version: 3 }
+    );
+    assert_eq!(stored_expiry(&mut conn, key_of(&s)).await.0, later);
+    assert_eq!(stored_expiry(&mut conn, key_of(&s)).await.1, later);
+
+    // Version 0 in the header, and expected 0: not a record, left as is.
+    let zero = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    let mut bytes = codec::encode(&zero, 1).unwrap();
+    bytes[codec::VERSION_RANGE].fill(0);
+    write(&mut conn, key_of(&zero), bytes.clone()).await;
+    let refused = store.update(&zero, 0).await;
+    assert!(
+        matches!(refused, Err(server_session::Error::Decode { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(stored_expiry(&mut conn, key_of(&zero)).await.2, bytes);
+
+    // An unreadable format byte with the expected version: refused, untouched.
+    let odd = Session::new(SessionToken::generate().id(), Duration::from_secs(3600));
+    let mut bytes = codec::encode(&odd, 1).unwrap();
+    bytes[0] = 9;
+    write(&mut conn, key_of(&odd), bytes.clone()).await;
+    let refused = store.update(&odd, 1).await;
+    assert!(
+        matches!(refused, Err(server_session::Error::Decode { .. })),
+        "{refused:?}"
+    );
+    let kept: Vec<u8> = redis::cmd("GET")
+        .arg(key_of(&odd))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, bytes);
+
+    // A header expired a second ago under a key that lives on: gone.
+    let mut stale = Session::new(SessionToken::generate().id(), Duration::from_secs(60));
+    stale.set_expires_at_millis(now_millis() - 1_000);
+    write(&mut conn, key_of(&stale), codec::encode(&stale, 1).unwrap()).await;
+    stale.set_expires_at_millis(now_millis() + 3_600_000);
+    assert_eq!(store.update(&stale, 1).await.unwrap(), UpdateOutcome::Gone);
+
+    // Due within the minute, but live: saved (the full script, by `TIME`).
+    let mut due = Session::new(SessionToken::generate().id(), Duration::from_secs(30));
+    store.create(&due).await.unwrap();
+    due.set_expires_at_millis(now_millis() + 3_600_000);
+    assert_eq!(
+        store.update(&due, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    assert_eq!(
+        stored_expiry(&mut conn, key_of(&due)).await.1,
+        due.expires_at_millis()
+    );
+
+    // Bound before, unbound after: out of the user's index.
+    let mut was_bound = bound("fast-path-user", Duration::from_secs(3600));
+    store.create(&was_bound).await.unwrap();
+    assert_eq!(store.sessions_of("fast-path-user").await.unwrap().len(), 1);
+    was_bound.set_user(None);
+    assert_eq!(
+        store.update(&was_bound, 1).await.unwrap(),
+        UpdateOutcome::Updated { version: 2 }
+    );
+    assert!(store
+        .sessions_of("fast-path-user")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(index_members(&mut conn, &prefix).await.is_empty());
+
+    // The wrong version: a conflict, nothing written.
+    let before = stored_expiry(&mut conn, key_of(&s)).await.2;
+    assert_eq!(store.update(&s, 7).await.unwrap(), UpdateOutcome::Conflict);
+    assert_eq!(stored_expiry(&mut conn, key_of(&s)).await.2, before);
+
+    store.clear().await.ok();
+    let _: i64 = redis::cmd("DEL")
+        .arg(key_of(&zero))
+        .arg(key_of(&odd))
+        .arg(key_of(&stale))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

@@ -851,6 +851,10 @@ impl Keyspace {
             .saturating_add(JUDGED_BY_REDIS_WITHIN_MS)
             .max(0)
             .to_be_bytes();
+        // The script's fast path writes it as the `PXAT` (a decimal made
+        // here costs Redis nothing).
+        let at = &pxat(session.expires_at_millis()).to_string();
+        let at = at.as_bytes();
         // One server: the script keeps the index. A cluster: the script
         // asks for the entry first when the record changes user (then
         // this loops once, or again if a touch moved the expiry meanwhile).
@@ -868,7 +872,7 @@ impl Keyspace {
                         &mut conn,
                         lua,
                         key,
-                        &[expected, bytes, mode, extra, judged_after],
+                        &[expected, bytes, mode, extra, judged_after, at],
                         wait,
                     )
                     .await
