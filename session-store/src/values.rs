@@ -267,7 +267,9 @@ impl Values {
                 let added: usize = stored
                     .changes
                     .iter()
-                    .filter_map(|(key, value)| Some(key.len() + value.as_ref()?.len() + 18))
+                    .filter_map(|(key, value)| {
+                        Some(entry_len_bound(key.len(), value.as_ref()?.len()))
+                    })
                     .sum();
                 MAX_COUNT_LEN + stored.bytes.len() + added
             }
@@ -275,7 +277,7 @@ impl Values {
                 MAX_COUNT_LEN
                     + self
                         .entries()
-                        .map(|(key, value)| key.len() + value.len() + 18)
+                        .map(|(key, value)| entry_len_bound(key.len(), value.len()))
                         .sum::<usize>()
             }
         }
@@ -349,6 +351,12 @@ impl Values {
 
 /// The longest varint bincode writes for a `u64`.
 const MAX_COUNT_LEN: usize = 9;
+
+/// The most bytes an entry of `key_len` and `value_len` bytes encodes to:
+/// both, each after a varint length of at most [`MAX_COUNT_LEN`] bytes.
+fn entry_len_bound(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + 2 * MAX_COUNT_LEN
+}
 
 impl PartialEq for Values {
     fn eq(&self, other: &Self) -> bool {
